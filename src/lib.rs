@@ -1,4 +1,18 @@
-//! acsgate: a metering reverse proxy for the Azure Communication Services REST APIs.
+//! acsgate: a metering reverse proxy for the Azure Communication Services (ACS) REST APIs.
+//!
+//! Every request is named after its ACS operation by the [`catalogue`], forwarded to the
+//! upstream ACS endpoint by the [`proxy`], and recorded exactly once in Prometheus
+//! [`metrics`] served by the [`admin`] listener. [`server::Gateway`] wires it together.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+pub mod admin;
 pub mod catalogue;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod server;

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `acsgate` binary: parse the command line, set up logging, run the chosen command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use acsgate::catalogue::Catalogue;
+use acsgate::cli::{Cli, Command, LogFormat};
+use acsgate::config::{Config, Settings};
+use acsgate::server::Gateway;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let settings = cli.merged_settings().map_err(|e| e.to_string())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let config = Config::from_settings(settings).map_err(|e| e.to_string())?;
+            let gateway = Gateway::start(&config).await.map_err(|e| e.to_string())?;
+            gateway.run_until_signal().await;
+            Ok(())
+        }
+        Command::Demo(args) => acsgate::demo::run(args, settings).await,
+        Command::CheckConfig { file } => check_config(&file, settings),
+        Command::Routes => {
+            let catalogue = load_catalogue(&settings)?;
+            print!("{}", acsgate::cli::render_routes(&catalogue));
+            Ok(())
+        }
+    }
+}
+
+/// Validates `file` (with any command-line and environment overrides), including the
+/// catalogues it names, and says what it found.
+fn check_config(file: &std::path::Path, overrides: Settings) -> Result<(), String> {
+    let settings = overrides.or(Settings::from_file(file).map_err(|e| e.to_string())?);
+    let config = Config::from_settings(settings.clone()).map_err(|e| e.to_string())?;
+    let catalogue = load_catalogue(&settings)?;
+    println!(
+        "{}: ok (upstream {}://{}, proxy {}, admin {}, {} operations in {} apis)",
+        file.display(),
+        config.upstream.scheme,
+        config.upstream.authority,
+        config.listen,
+        config.admin,
+        catalogue.operations().len(),
+        catalogue.apis().len(),
+    );
+    Ok(())
+}
+
+fn load_catalogue(settings: &Settings) -> Result<Arc<Catalogue>, String> {
+    let files = settings.catalogue.clone().unwrap_or_default();
+    Catalogue::load(settings.builtin_catalogue.unwrap_or(true), &files)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("acsgate: error: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,437 @@
+//! Settings from the command line, `ACSGATE_*` environment variables and a TOML file, merged
+//! in that order of precedence and validated once into a [`Config`].
+//!
+//! [`Settings`] is both the clap argument group and the file model, so every option has one
+//! name everywhere: `--response-timeout`, `ACSGATE_RESPONSE_TIMEOUT`, `response_timeout`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use http::uri::Scheme;
+
+use crate::metrics::DEFAULT_BUCKETS;
+use crate::proxy::client::ClientSettings;
+use crate::proxy::{BadRoutePolicy, ForwardTimeouts, Upstream};
+
+/// Default proxy listener: loopback, so nothing is exposed until asked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener (`/metrics`, `/healthz`, `/readyz`).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+
+/// Every option, as given on the command line, in the environment or in the config file.
+/// `None` means "not given here".
+#[derive(Clone, Debug, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// ACS endpoint to forward to, e.g. https://myresource.communication.azure.com
+    #[arg(long, env = "ACSGATE_UPSTREAM", global = true)]
+    pub upstream: Option<String>,
+
+    /// Proxy listener address [default: 127.0.0.1:8080]
+    #[arg(long, env = "ACSGATE_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// Admin listener address for /metrics, /healthz, /readyz [default: 127.0.0.1:9464]
+    #[arg(long, env = "ACSGATE_ADMIN", global = true)]
+    pub admin: Option<SocketAddr>,
+
+    /// Extra catalogue files (TOML), comma-separated or repeated
+    #[arg(long, env = "ACSGATE_CATALOGUE", value_delimiter = ',', global = true)]
+    pub catalogue: Option<Vec<PathBuf>>,
+
+    /// Whether the built-in ACS catalogue is loaded before the extra files [default: true]
+    #[arg(long, env = "ACSGATE_BUILTIN_CATALOGUE", global = true)]
+    pub builtin_catalogue: Option<bool>,
+
+    /// Unknown operations: forward them to ACS, or reject them with 404 [default: forward]
+    #[arg(long, env = "ACSGATE_BAD_ROUTE", value_enum, global = true)]
+    pub bad_route: Option<BadRoutePolicy>,
+
+    /// Limit on opening a TCP connection to the upstream [default: 5s]
+    #[arg(long, env = "ACSGATE_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+
+    /// Limit from sending a request upstream to its response head [default: 30s]
+    #[arg(long, env = "ACSGATE_RESPONSE_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+
+    /// Longest wait for the next piece of an upstream response body [default: 30s]
+    #[arg(long, env = "ACSGATE_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub body_idle_timeout: Option<Duration>,
+
+    /// How long an idle pooled upstream connection is kept [default: 90s]
+    #[arg(long, env = "ACSGATE_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub pool_idle_timeout: Option<Duration>,
+
+    /// Limit on receiving a request head from a client [default: 10s]
+    #[arg(long, env = "ACSGATE_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish [default: 25s]
+    #[arg(long, env = "ACSGATE_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+
+    /// Duration histogram buckets in seconds, comma-separated, increasing
+    #[arg(long, env = "ACSGATE_BUCKETS", value_delimiter = ',', global = true)]
+    pub buckets: Option<Vec<f64>>,
+
+    /// PEM file of extra CA certificates trusted for the upstream (platform roots stay trusted)
+    #[arg(long, env = "ACSGATE_EXTRA_CA_FILE", global = true)]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads a TOML config file. Unknown keys are errors, so a typo never goes unnoticed.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::File {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error message names the line and key.
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// These settings, with any option they leave unset taken from `lower`.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            upstream: self.upstream.or(lower.upstream),
+            listen: self.listen.or(lower.listen),
+            admin: self.admin.or(lower.admin),
+            catalogue: self.catalogue.or(lower.catalogue),
+            builtin_catalogue: self.builtin_catalogue.or(lower.builtin_catalogue),
+            bad_route: self.bad_route.or(lower.bad_route),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            response_timeout: self.response_timeout.or(lower.response_timeout),
+            body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
+            pool_idle_timeout: self.pool_idle_timeout.or(lower.pool_idle_timeout),
+            header_read_timeout: self.header_read_timeout.or(lower.header_read_timeout),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            buckets: self.buckets.or(lower.buckets),
+            extra_ca_file: self.extra_ca_file.or(lower.extra_ca_file),
+        }
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, with line and key.
+        message: String,
+    },
+    /// A value is missing or invalid.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The option's config key (also `--key-with-dashes` and `ACSGATE_KEY`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Which catalogue files to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogueFiles {
+    /// Load the built-in ACS catalogue first.
+    pub builtin: bool,
+    /// Extra files, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Validated configuration of a gateway.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Catalogue sources.
+    pub catalogue: CatalogueFiles,
+    /// What to do with unknown operations.
+    pub bad_route: BadRoutePolicy,
+    /// Upstream connection settings.
+    pub client: ClientSettings,
+    /// Per-request upstream timeouts.
+    pub timeouts: ForwardTimeouts,
+    /// Limit on receiving a request head.
+    pub header_read_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+    /// Duration histogram buckets, seconds.
+    pub buckets: Vec<f64>,
+}
+
+impl Config {
+    /// Validates `settings`, filling defaults. Each error names the offending key.
+    pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
+        let upstream = parse_upstream(settings.upstream.as_deref().ok_or_else(|| {
+            invalid(
+                "upstream",
+                "no upstream given: pass --upstream https://<resource>.communication.azure.com, \
+                 set ACSGATE_UPSTREAM, or set `upstream` in the config file",
+            )
+        })?)?;
+        let listen = settings
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let admin = settings
+            .admin
+            .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"));
+        if listen == admin && listen.port() != 0 {
+            return Err(invalid(
+                "admin",
+                format!("the admin listener must not share the proxy's address {listen}"),
+            ));
+        }
+        let positive = |key: &'static str, value: Option<Duration>, default: Duration| {
+            let value = value.unwrap_or(default);
+            if value.is_zero() {
+                Err(invalid(key, "must be longer than zero"))
+            } else {
+                Ok(value)
+            }
+        };
+        let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
+        validate_buckets(&buckets)?;
+        Ok(Config {
+            upstream,
+            listen,
+            admin,
+            catalogue: CatalogueFiles {
+                builtin: settings.builtin_catalogue.unwrap_or(true),
+                files: settings.catalogue.unwrap_or_default(),
+            },
+            bad_route: settings.bad_route.unwrap_or_default(),
+            client: ClientSettings {
+                connect_timeout: positive(
+                    "connect_timeout",
+                    settings.connect_timeout,
+                    Duration::from_secs(5),
+                )?,
+                pool_idle_timeout: positive(
+                    "pool_idle_timeout",
+                    settings.pool_idle_timeout,
+                    Duration::from_secs(90),
+                )?,
+                extra_ca_file: settings.extra_ca_file,
+            },
+            timeouts: ForwardTimeouts {
+                response: positive(
+                    "response_timeout",
+                    settings.response_timeout,
+                    Duration::from_secs(30),
+                )?,
+                body_idle: positive(
+                    "body_idle_timeout",
+                    settings.body_idle_timeout,
+                    Duration::from_secs(30),
+                )?,
+            },
+            header_read_timeout: positive(
+                "header_read_timeout",
+                settings.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            drain_timeout: positive(
+                "drain_timeout",
+                settings.drain_timeout,
+                Duration::from_secs(25),
+            )?,
+            buckets,
+        })
+    }
+}
+
+/// Parses the upstream URL. Plain `http` is allowed only to a loopback address (tests, demo):
+/// a request signed for ACS must never cross a network unencrypted.
+pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| invalid("upstream", format!("`{text}` is not a URL: {e}")))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| invalid("upstream", format!("`{text}` needs a scheme (https://…)")))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid("upstream", format!("`{text}` has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid("upstream", "credentials in the URL are not supported"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(invalid(
+            "upstream",
+            format!("`{text}` must be a bare endpoint, without path or query"),
+        ));
+    }
+    if scheme == Scheme::HTTPS {
+        Ok(Upstream { scheme, authority })
+    } else if scheme == Scheme::HTTP {
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(Upstream { scheme, authority })
+        } else {
+            Err(invalid(
+                "upstream",
+                format!("plain http is only allowed to a loopback address; use https for `{text}`"),
+            ))
+        }
+    } else {
+        Err(invalid(
+            "upstream",
+            format!("unsupported scheme `{scheme}` (use https)"),
+        ))
+    }
+}
+
+fn validate_buckets(buckets: &[f64]) -> Result<(), ConfigError> {
+    if buckets.is_empty() {
+        return Err(invalid("buckets", "at least one bucket is needed"));
+    }
+    if let Some(bad) = buckets.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+        return Err(invalid(
+            "buckets",
+            format!("{bad} is not a positive number of seconds"),
+        ));
+    }
+    if let Some(pair) = buckets.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(invalid(
+            "buckets",
+            format!("must increase strictly ({} then {})", pair[0], pair[1]),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_upstream(upstream: &str) -> Settings {
+        Settings {
+            upstream: Some(upstream.into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_safe() {
+        let config = Config::from_settings(with_upstream(
+            "https://example.communication.azure.com",
+        ))
+        .unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.admin, DEFAULT_ADMIN.parse().unwrap());
+        assert_eq!(config.bad_route, BadRoutePolicy::Forward);
+        assert!(config.catalogue.builtin);
+        assert_eq!(config.buckets, DEFAULT_BUCKETS.to_vec());
+        assert_eq!(config.timeouts.response, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn upstream_rules() {
+        assert!(parse_upstream("https://x.communication.azure.com/").is_ok());
+        assert!(parse_upstream("http://127.0.0.1:9000").is_ok());
+        assert!(parse_upstream("http://[::1]:9000").is_ok());
+        assert!(parse_upstream("http://localhost:9000").is_ok());
+        for bad in [
+            "http://x.communication.azure.com",
+            "http://10.0.0.1",
+            "ftp://x",
+            "x.communication.azure.com",
+            "https://x.communication.azure.com/chat",
+            "https://user:pw@x.communication.azure.com",
+        ] {
+            let err = parse_upstream(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid `upstream`"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_upstream_names_every_way_to_set_it() {
+        let err = Config::from_settings(Settings::default()).unwrap_err().to_string();
+        assert!(err.contains("--upstream") && err.contains("ACSGATE_UPSTREAM"), "{err}");
+    }
+
+    #[test]
+    fn file_values_parse_and_higher_layers_win() {
+        let file = Settings::from_toml(
+            r#"
+            upstream = "https://a.communication.azure.com"
+            listen = "127.0.0.1:18080"
+            response_timeout = "2s"
+            bad_route = "reject"
+            buckets = [0.1, 1.0]
+            "#,
+        )
+        .unwrap();
+        let cli = Settings {
+            listen: Some("127.0.0.1:28080".parse().unwrap()),
+            ..Settings::default()
+        };
+        let config = Config::from_settings(cli.or(file)).unwrap();
+        assert_eq!(config.listen.port(), 28080);
+        assert_eq!(config.timeouts.response, Duration::from_secs(2));
+        assert_eq!(config.bad_route, BadRoutePolicy::Reject);
+        assert_eq!(config.buckets, vec![0.1, 1.0]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Settings::from_toml("listen = 5").unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+        let err = Settings::from_toml("lisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Settings::from_toml("response_timeout = \"soon\"").unwrap_err();
+        assert!(err.contains("response_timeout"), "{err}");
+        for (buckets, needle) in [
+            (vec![], "at least one"),
+            (vec![1.0, 0.5], "increase"),
+            (vec![-1.0], "positive"),
+        ] {
+            let settings = Settings {
+                buckets: Some(buckets),
+                ..with_upstream("https://a.b")
+            };
+            let err = Config::from_settings(settings).unwrap_err().to_string();
+            assert!(err.contains("`buckets`") && err.contains(needle), "{err}");
+        }
+        let settings = Settings {
+            connect_timeout: Some(Duration::ZERO),
+            ..with_upstream("https://a.b")
+        };
+        let err = Config::from_settings(settings).unwrap_err().to_string();
+        assert!(err.contains("`connect_timeout`"), "{err}");
+    }
+}

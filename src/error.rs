@@ -1,0 +1,198 @@
+//! The bounded set of ways a proxied request can fail, and the answer the gateway gives for each.
+//!
+//! Every failure is classified into an [`ErrorKind`] so that the `kind` label of
+//! `acsgate_upstream_errors_total` stays a small fixed set whatever the cause.
+
+use std::error::Error as StdError;
+use std::io;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// The error type bodies and services pass around when the cause can be anything.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Name of the response header that says why the gateway itself answered.
+pub const ERROR_HEADER: &str = "x-acsgate-error";
+
+/// Why a request did not get a complete answer from the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The upstream could not be reached: refused, unreachable, DNS failure.
+    Connect,
+    /// The TLS handshake with the upstream failed (certificate, protocol).
+    Tls,
+    /// Connecting, waiting for the response head, or waiting for body data took too long.
+    Timeout,
+    /// The upstream closed or reset the connection before the exchange ended.
+    Reset,
+    /// The upstream sent something that is not valid HTTP.
+    Protocol,
+    /// The request was for an unknown route and `bad_route = "reject"` is set.
+    BadRoute,
+}
+
+impl ErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Connect,
+        ErrorKind::Tls,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+        ErrorKind::BadRoute,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::BadRoute => "bad_route",
+        }
+    }
+
+    /// Position in [`ErrorKind::ALL`], for per-kind handle arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The status the gateway answers with when it must answer itself.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::BadRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// Whether this kind counts as an upstream failure (a rejected bad route does not).
+    pub fn is_upstream(self) -> bool {
+        self != ErrorKind::BadRoute
+    }
+
+    /// Classifies an error from the upstream client or an upstream body by walking its
+    /// `source()` chain: the outermost wrapper rarely says what went wrong.
+    pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
+        let mut connect = false;
+        let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = current {
+            if e.is::<rustls::Error>() {
+                return ErrorKind::Tls;
+            }
+            if e.is::<tower_http::timeout::TimeoutError>() || e.is::<tokio::time::error::Elapsed>()
+            {
+                return ErrorKind::Timeout;
+            }
+            if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                connect |= legacy.is_connect();
+            }
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                // tokio-rustls reports handshake failures as io::Error wrapping a rustls::Error.
+                if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                    return ErrorKind::Tls;
+                }
+                match io.kind() {
+                    io::ErrorKind::TimedOut => return ErrorKind::Timeout,
+                    io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                        if !connect =>
+                    {
+                        return ErrorKind::Reset;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_timeout() {
+                    return ErrorKind::Timeout;
+                }
+                if h.is_parse() || h.is_parse_status() {
+                    return ErrorKind::Protocol;
+                }
+                if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                    return ErrorKind::Reset;
+                }
+            }
+            current = e.source();
+        }
+        if connect {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Reset
+        }
+    }
+
+    /// The response the gateway sends when it answers for the upstream. The body is
+    /// generic on purpose: no upstream address, header or secret is ever echoed.
+    pub fn response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let text = match self {
+            ErrorKind::Connect => "acsgate: upstream unreachable\n",
+            ErrorKind::Tls => "acsgate: upstream TLS handshake failed\n",
+            ErrorKind::Timeout => "acsgate: upstream timed out\n",
+            ErrorKind::Reset => "acsgate: upstream closed the connection\n",
+            ErrorKind::Protocol => "acsgate: upstream sent an invalid response\n",
+            ErrorKind::BadRoute => "acsgate: unknown ACS operation\n",
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.as_str()));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_gateway_statuses() {
+        assert_eq!(ErrorKind::Connect.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(ErrorKind::Tls.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(ErrorKind::Timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ErrorKind::BadRoute.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn index_matches_position_in_all() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
+
+    #[test]
+    fn classify_walks_the_source_chain() {
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(ErrorKind::classify(&tls), ErrorKind::Tls);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(ErrorKind::classify(&reset), ErrorKind::Reset);
+        let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+        assert_eq!(ErrorKind::classify(&timed_out), ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn gateway_response_names_the_kind_and_leaks_nothing() {
+        let response = ErrorKind::Timeout.response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[ERROR_HEADER], "timeout");
+        assert_eq!(response.extensions().get::<ErrorKind>(), Some(&ErrorKind::Timeout));
+    }
+}

@@ -1,0 +1,128 @@
+//! Header rules for a forwarding proxy (RFC 9110 §7.6.1, RFC 7239's de-facto `X-Forwarded-*`).
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers that always go, whatever `Connection` lists.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers: the fixed set, any `Proxy-*` header, and every header named
+/// in `Connection`. End-to-end headers (`Authorization`, `x-ms-*`, `traceparent`…) stay.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too; collect them before Connection goes.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if headers.keys().any(|name| name.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Adds `X-Forwarded-For` (appending to a list the client already sent), `X-Forwarded-Proto`
+/// and `X-Forwarded-Host` (the authority the client addressed, when known).
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<SocketAddr>,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let value = match headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) => format!("{existing}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_what_connection_names() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-drop-me"),
+            ("keep-alive", "timeout=5"),
+            ("x-drop-me", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("authorization", "HMAC-SHA256 SignedHeaders=x&Signature=y"),
+            ("x-ms-date", "Tue, 25 Nov 2026 09:00:00 GMT"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization", "x-ms-date", "traceparent"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_a_client_list() {
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.7")]);
+        add_forwarded(
+            &mut headers,
+            Some("127.0.0.1:4000".parse().unwrap()),
+            "http",
+            Some(HeaderValue::from_static("localhost:8080")),
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "localhost:8080");
+    }
+}

@@ -1,0 +1,277 @@
+//! [`Forward`]: the innermost service, which sends each request to the upstream ACS endpoint
+//! and streams the answer back.
+//!
+//! What it does to a request: drops hop-by-hop headers, points the URI at the upstream (only
+//! the client's path and query are kept, so neither `Host` nor an absolute-form URI can steer
+//! it elsewhere), lets the client set `Host` to the upstream authority, adds `X-Forwarded-*`,
+//! and passes everything else (`Authorization`, `x-ms-*`, `traceparent`…) untouched. The body
+//! is streamed, never collected.
+//!
+//! What it does to a response: drops hop-by-hop headers and limits how long the body may go
+//! without data. When the upstream cannot answer, the gateway does: 502 (unreachable, TLS,
+//! reset, invalid response) or 504 (timeout), with an `x-acsgate-error` header and the
+//! [`ErrorKind`] in the response extensions for the record layer. With
+//! `bad_route = "reject"`, unknown operations get 404 without reaching the upstream.
+
+pub mod client;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
+use tower::Service;
+use tower_http::timeout::TimeoutBody;
+
+use crate::catalogue::{Catalogue, Classification};
+use crate::error::ErrorKind;
+use client::UpstreamClient;
+
+/// The body of every response the gateway sends: the upstream's, or the gateway's own.
+pub type ProxyBody = Either<TimeoutBody<Incoming>, Full<Bytes>>;
+
+/// Where requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// `https` (or `http` for a loopback upstream).
+    pub scheme: Scheme,
+    /// Host and port of the ACS endpoint.
+    pub authority: Authority,
+}
+
+impl Upstream {
+    fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(
+                path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
+            .build()
+    }
+}
+
+/// What to do with requests the catalogue does not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRoutePolicy {
+    /// Forward them and let the upstream answer (new ACS routes keep working).
+    #[default]
+    Forward,
+    /// Answer 404 at the gateway.
+    Reject,
+}
+
+/// Timeouts applied to each forwarded request.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardTimeouts {
+    /// From sending the request to receiving the response head (includes connect and TLS).
+    pub response: Duration,
+    /// Longest wait for the next piece of the response body.
+    pub body_idle: Duration,
+}
+
+/// Service that forwards a request upstream; see the [module docs](self).
+pub struct Forward<B> {
+    client: UpstreamClient<B>,
+    shared: Arc<ForwardShared>,
+    peer: Option<SocketAddr>,
+}
+
+struct ForwardShared {
+    upstream: Upstream,
+    timeouts: ForwardTimeouts,
+    bad_route: BadRoutePolicy,
+    catalogue: Arc<Catalogue>,
+    inbound_proto: &'static str,
+}
+
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
+        Forward {
+            client: self.client.clone(),
+            shared: Arc::clone(&self.shared),
+            peer: self.peer,
+        }
+    }
+}
+
+impl<B> Forward<B> {
+    /// A forwarder to `upstream` through `client`.
+    pub fn new(
+        client: UpstreamClient<B>,
+        upstream: Upstream,
+        timeouts: ForwardTimeouts,
+        bad_route: BadRoutePolicy,
+        catalogue: Arc<Catalogue>,
+        inbound_proto: &'static str,
+    ) -> Self {
+        Forward {
+            client,
+            shared: Arc::new(ForwardShared {
+                upstream,
+                timeouts,
+                bad_route,
+                catalogue,
+                inbound_proto,
+            }),
+            peer: None,
+        }
+    }
+
+    /// The same forwarder for requests from the client at `peer` (for `X-Forwarded-For`).
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        Forward {
+            peer: Some(peer),
+            ..self.clone()
+        }
+    }
+
+    fn is_rejected_bad_route(&self, request: &Request<B>) -> bool {
+        let shared = &self.shared;
+        shared.bad_route == BadRoutePolicy::Reject
+            && request
+                .extensions()
+                .get::<Classification>()
+                .is_some_and(|c| {
+                    let operation = shared.catalogue.operation(c.operation);
+                    shared.catalogue.api(operation.api).bad_route == c.operation
+                })
+    }
+}
+
+impl<B> Service<Request<B>> for Forward<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ForwardFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The pooled client queues internally; it is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ForwardFuture {
+        if self.is_rejected_bad_route(&request) {
+            return ForwardFuture::gateway(ErrorKind::BadRoute);
+        }
+        let shared = &self.shared;
+        let (mut parts, body) = request.into_parts();
+        let client_host = parts
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                let authority = parts.uri.authority()?;
+                HeaderValue::from_str(authority.as_str()).ok()
+            });
+        headers::remove_hop_by_hop(&mut parts.headers);
+        // The client sets Host from the URI: the upstream's authority, as TLS SNI needs.
+        parts.headers.remove(http::header::HOST);
+        headers::add_forwarded(
+            &mut parts.headers,
+            self.peer,
+            shared.inbound_proto,
+            client_host,
+        );
+        parts.uri = match shared.upstream.uri(parts.uri.path_and_query()) {
+            Ok(uri) => uri,
+            Err(_) => return ForwardFuture::gateway(ErrorKind::Protocol),
+        };
+        // The pooled connection decides h1 or h2; an h2 client's request goes out as either.
+        parts.version = Version::HTTP_11;
+        // Extensions are this gateway's bookkeeping, not the upstream's business.
+        parts.extensions.clear();
+        let response = self.client.request(Request::from_parts(parts, body));
+        ForwardFuture {
+            state: ForwardState::Upstream {
+                response: tokio::time::timeout(shared.timeouts.response, response),
+                body_idle: shared.timeouts.body_idle,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Forward`].
+    pub struct ForwardFuture {
+        #[pin]
+        state: ForwardState,
+    }
+}
+
+pin_project! {
+    #[project = ForwardStateProj]
+    enum ForwardState {
+        // The gateway answers itself.
+        Gateway { response: Option<Response<ProxyBody>> },
+        // Waiting for the upstream's response head, within the response timeout.
+        Upstream {
+            #[pin]
+            response: Timeout<hyper_util::client::legacy::ResponseFuture>,
+            body_idle: Duration,
+        },
+    }
+}
+
+impl ForwardFuture {
+    fn gateway(kind: ErrorKind) -> Self {
+        ForwardFuture {
+            state: ForwardState::Gateway {
+                response: Some(kind.response().map(Either::Right)),
+            },
+        }
+    }
+}
+
+impl Future for ForwardFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ForwardStateProj::Gateway { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            ForwardStateProj::Upstream {
+                response,
+                body_idle,
+            } => {
+                let response = match ready!(response.poll(cx)) {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => {
+                        let kind = ErrorKind::classify(&error);
+                        tracing::debug!(kind = kind.as_str(), error = %error, "upstream request failed");
+                        return Poll::Ready(Ok(kind.response().map(Either::Right)));
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!("upstream response head timed out");
+                        return Poll::Ready(Ok(ErrorKind::Timeout.response().map(Either::Right)));
+                    }
+                };
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                let body = Either::Left(TimeoutBody::new(*body_idle, body));
+                Poll::Ready(Ok(Response::from_parts(parts, body)))
+            }
+        }
+    }
+}
