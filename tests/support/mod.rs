@@ -1,0 +1,265 @@
+//! Test harness: a real upstream server, a gateway on loopback ports, HTTP clients, and a
+//! `/metrics` scraper. Everything binds `127.0.0.1:0` and stops when dropped.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod ids;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use acsgate::catalogue::Catalogue;
+use acsgate::config::{Config, Settings};
+use acsgate::demo::scrape::{self, Sample};
+use acsgate::server::Gateway;
+
+/// What the upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Handler =
+    Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+
+/// A real HTTP/1.1 + h2c (or TLS) server that records every request and answers with `handler`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream that answers every request with `handler`.
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Upstream::start_inner(handler, None).await
+    }
+
+    /// Starts a TLS upstream (h2 and http/1.1 by ALPN) with the given certificate.
+    pub async fn start_tls<F, Fut>(handler: F, tls: Arc<rustls::ServerConfig>) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Upstream::start_inner(handler, Some(tls)).await
+    }
+
+    /// An upstream that answers 200 with a small JSON body.
+    pub async fn ok() -> Upstream {
+        Upstream::start(|_| async { json(StatusCode::OK, r#"{"ok":true}"#) }).await
+    }
+
+    async fn start_inner<F, Fut>(handler: F, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let recorded = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = Arc::clone(&handler);
+                let recorded = Arc::clone(&recorded);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let handler = Arc::clone(&handler);
+                        let recorded = Arc::clone(&recorded);
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = match body.collect().await {
+                                Ok(collected) => collected.to_bytes(),
+                                Err(_) => Bytes::new(),
+                            };
+                            let seen = Seen {
+                                method: parts.method,
+                                uri: parts.uri,
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                            };
+                            recorded.lock().unwrap().push(seen.clone());
+                            Ok::<_, Infallible>(handler(seen).await)
+                        }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response with a JSON body.
+pub fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// Settings for a gateway on ephemeral loopback ports in front of `upstream`.
+pub fn settings(upstream: &str) -> Settings {
+    Settings {
+        upstream: Some(upstream.to_owned()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        drain_timeout: Some(Duration::from_secs(2)),
+        ..Settings::default()
+    }
+}
+
+/// Starts a gateway with `settings`.
+pub async fn gateway(settings: Settings) -> Gateway {
+    let config = Config::from_settings(settings).expect("valid test settings");
+    Gateway::start(&config).await.expect("gateway starts")
+}
+
+/// The built-in catalogue.
+pub fn catalogue() -> Arc<Catalogue> {
+    Arc::new(Catalogue::load(true, &[]).expect("built-in catalogue loads"))
+}
+
+/// An HTTP/1.1 client.
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends a request and collects the response, with a 10 s limit.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> (Response<()>, Bytes) {
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("response within 10 s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
+/// Builds a request to `path` on `addr`.
+pub fn request(method: Method, addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// Scrapes `/metrics` from the admin address and parses it.
+pub async fn scrape(admin: SocketAddr) -> Metrics {
+    let (response, body) = send(&h1_client(), request(Method::GET, admin, "/metrics", "")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).expect("metrics are UTF-8");
+    Metrics {
+        samples: scrape::parse(&text).expect("metrics parse"),
+        text,
+    }
+}
+
+/// A parsed scrape.
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    /// Sum of every sample called `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// `acsgate_requests_total` summed by the value of `label`.
+    pub fn requests_by(&self, label: &str) -> BTreeMap<String, f64> {
+        let mut by = BTreeMap::new();
+        for sample in self.samples.iter().filter(|s| s.name == "acsgate_requests_total") {
+            if let Some(value) = sample.labels.get(label) {
+                *by.entry(value.clone()).or_default() += sample.value;
+            }
+        }
+        by
+    }
+}
+
+/// Polls `/metrics` until `ready` holds or 5 s pass; returns the last scrape.
+pub async fn scrape_until(admin: SocketAddr, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = scrape(admin).await;
+        if ready(&metrics) || tokio::time::Instant::now() > deadline {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

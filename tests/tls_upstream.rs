@@ -1,0 +1,130 @@
+//! The upstream over real TLS (rustls, a test CA minted with rcgen), as ACS is reached.
+
+mod support;
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use acsgate::error::ERROR_HEADER;
+use support::{Upstream, gateway, h1_client, h2_client, json, request, scrape, send, settings};
+
+struct TestPki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+/// A CA and a `localhost` server certificate signed by it.
+fn pki() -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(leaf.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// A file that is removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> TempFile {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("acsgate-ca-{}-{nanos}.pem", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn https_upstream_trusted_through_the_extra_ca() {
+    let pki = pki();
+    let upstream = Upstream::start_tls(
+        |seen| async move {
+            // Tell the client which protocol the upstream leg used.
+            let body = if seen.version == http::Version::HTTP_2 { "h2" } else { "h1" };
+            json(StatusCode::CREATED, body)
+        },
+        pki.server,
+    )
+    .await;
+    let ca = TempFile::new(&pki.ca_pem);
+    let mut s = settings(&format!("https://localhost:{}", upstream.addr.port()));
+    s.extra_ca_file = Some(ca.0.clone());
+    let gw = gateway(s).await;
+    for client in [h1_client(), h2_client()] {
+        let (response, body) = send(
+            &client,
+            request(Method::POST, gw.proxy_addr(), "/identities?api-version=2022-06-01", "{}"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        // ALPN negotiated HTTP/2 with the upstream, whatever the client spoke.
+        assert_eq!(body.as_ref(), b"h2");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen[0].uri.authority().map(|a| a.as_str()), Some(format!("localhost:{}", upstream.addr.port()).as_str()));
+    let metrics = scrape(gw.admin_addr()).await;
+    assert_eq!(metrics.sum("acsgate_requests_total", &[("operation", "CreateIdentity"), ("status_code", "201")]), 2.0);
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_gives_502_tls() {
+    let pki = pki();
+    let upstream = Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, pki.server).await;
+    // No extra CA: the test CA is not trusted, and verification cannot be turned off.
+    let gw = gateway(settings(&format!("https://localhost:{}", upstream.addr.port()))).await;
+    let (response, _) = send(
+        &h1_client(),
+        request(Method::GET, gw.proxy_addr(), "/chat/threads?api-version=2025-03-15", ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()[ERROR_HEADER], "tls");
+    assert!(upstream.seen().is_empty());
+    let metrics = scrape(gw.admin_addr()).await;
+    assert_eq!(metrics.sum("acsgate_upstream_errors_total", &[("operation", "ListChatThreads"), ("kind", "tls")]), 1.0);
+    assert_eq!(metrics.sum("acsgate_requests_total", &[("operation", "ListChatThreads"), ("status_code", "502")]), 1.0);
+}
+
+#[test]
+fn an_unreadable_extra_ca_file_is_a_start_up_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut s = settings("https://localhost:1");
+        s.extra_ca_file = Some("/nonexistent/ca.pem".into());
+        let config = acsgate::config::Config::from_settings(s).unwrap();
+        let err = acsgate::server::Gateway::start(&config).await.err().expect("start fails");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    });
+}
