@@ -461,7 +461,7 @@ fn malformed_file_error_names_file_and_line() {
         "[[api]]\nname = \"phone\"\nprefixes = [\"/phone\"]\n\n[[route]]\napi = \"phone\"\noperation = \"Search\"\nmethod = POST\npath = \"/phone:search\"\n",
     )
     .unwrap();
-    let e = Catalogue::load(true, &[bad.clone()]).unwrap_err();
+    let e = Catalogue::load(true, std::slice::from_ref(&bad)).unwrap_err();
     assert_eq!(e.kind(), CatalogueErrorKind::Syntax);
     assert_eq!(e.file(), bad.display().to_string());
     assert_eq!(e.line(), Some(8), "{e}");
@@ -476,7 +476,7 @@ fn malformed_file_error_names_file_and_line() {
         "[[route]]\napi = \"sms\"\noperation = \"OptOutAdd\"\nmethod = \"POST\"\npath = \"/sms/optouts:add\"\nverb = \"add\"\n",
     )
     .unwrap();
-    let e = Catalogue::load(true, &[unknown_field.clone()]).unwrap_err();
+    let e = Catalogue::load(true, std::slice::from_ref(&unknown_field)).unwrap_err();
     assert_eq!(e.kind(), CatalogueErrorKind::Syntax);
     assert_eq!(e.line(), Some(6), "{e}");
     assert_eq!(e.route(), Some("POST /sms/optouts:add"), "{e}");
