@@ -11,6 +11,9 @@ use http_body_util::Full;
 
 use crate::metrics::Metrics;
 
+/// The exposition format's content type (text format 0.0.4, UTF-8).
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// State the admin endpoints report on.
 #[derive(Clone)]
 pub struct Admin {
@@ -35,7 +38,7 @@ impl Admin {
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
-                        HeaderValue::from_static(prometheus::TEXT_FORMAT),
+                        HeaderValue::from_static(METRICS_CONTENT_TYPE),
                     );
                     response
                 }

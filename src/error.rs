@@ -94,10 +94,6 @@ impl ErrorKind {
                 connect |= legacy.is_connect();
             }
             if let Some(io) = e.downcast_ref::<io::Error>() {
-                // tokio-rustls reports handshake failures as io::Error wrapping a rustls::Error.
-                if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                    return ErrorKind::Tls;
-                }
                 match io.kind() {
                     io::ErrorKind::TimedOut => return ErrorKind::Timeout,
                     io::ErrorKind::ConnectionReset
@@ -122,7 +118,12 @@ impl ErrorKind {
                     return ErrorKind::Reset;
                 }
             }
-            current = e.source();
+            // io::Error's `source()` skips the error it wraps (hyper-rustls wraps the
+            // rustls::Error of a failed handshake in two of them), so descend by hand.
+            current = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+                Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                None => e.source(),
+            };
         }
         if connect {
             ErrorKind::Connect
@@ -177,10 +178,11 @@ mod tests {
 
     #[test]
     fn classify_walks_the_source_chain() {
-        let tls = io::Error::new(
+        // As hyper-rustls reports a failed handshake: io::Error inside io::Error.
+        let tls = io::Error::other(io::Error::new(
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
+        ));
         assert_eq!(ErrorKind::classify(&tls), ErrorKind::Tls);
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
         assert_eq!(ErrorKind::classify(&reset), ErrorKind::Reset);
