@@ -105,9 +105,9 @@ impl MethodTable {
 pub(super) struct Shape {
     /// Api whose "Bad Route" an unknown method on this shape counts as.
     pub(super) api: ApiId,
-    /// How many leading matchit params are (part of) one segment; a value of
-    /// one of those starting with `:` is an empty id before a verb.
-    pub(super) segment_params: usize,
+    /// Params that begin a segment (bit i = param i); a value of one of those
+    /// starting with `:` is an empty id before a verb.
+    pub(super) segment_start_params: u64,
     pub(super) methods: Vec<(Method, MethodTable)>,
 }
 
@@ -429,7 +429,7 @@ impl<'a> Builder<'a> {
                 }
                 self.shapes.push(Shape {
                     api,
-                    segment_params: template.segment_params,
+                    segment_start_params: template.segment_start_params,
                     methods: Vec::new(),
                 });
                 self.shape_index
