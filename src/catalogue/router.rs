@@ -66,31 +66,27 @@ impl MethodTable {
         self.default.as_ref()
     }
 
-    /// Adds a variant; `Err` carries the route it conflicts with.
+    /// Adds a variant; `Err` carries the route it conflicts with. The same
+    /// meaning twice is merged (old and new parameter names of one route).
     fn place(&mut self, versions: &[String], variant: Variant) -> Result<(), usize> {
-        fn merge(slot: &mut Option<Variant>, variant: &Variant) -> Result<(), usize> {
-            match slot {
+        if versions.is_empty() {
+            return match &self.default {
                 None => {
-                    *slot = Some(variant.clone());
+                    self.default = Some(variant);
                     Ok(())
                 }
-                Some(existing) if existing.same_meaning(variant) => Ok(()),
+                Some(existing) if existing.same_meaning(&variant) => Ok(()),
                 Some(existing) => Err(existing.origin),
-            }
-        }
-        if versions.is_empty() {
-            return merge(&mut self.default, &variant);
+            };
         }
         for version in versions {
-            let found = self
+            match self
                 .by_version
-                .iter_mut()
-                .find(|(v, _)| v.eq_ignore_ascii_case(version));
-            match found {
-                Some((_, existing)) => {
-                    let mut slot = Some(existing.clone());
-                    merge(&mut slot, &variant)?;
-                }
+                .iter()
+                .find(|(v, _)| v.eq_ignore_ascii_case(version))
+            {
+                Some((_, existing)) if existing.same_meaning(&variant) => {}
+                Some((_, existing)) => return Err(existing.origin),
                 None => self
                     .by_version
                     .push((version.as_str().into(), variant.clone())),
