@@ -216,12 +216,14 @@ impl Catalogue {
             return self.bad_route(c.unknown);
         };
         // matchit hands `/callConnections/:terminate` to the bare `{id}` route
-        // with id ":terminate"; an id never starts with ':' (rule: an empty
-        // segment is never a parameter value), so that is a verb without a target.
-        if m.params
-            .iter()
-            .take(shape.segment_params)
-            .any(|(_, v)| v.starts_with(':'))
+        // with id ":terminate". An empty segment is never a parameter value,
+        // so that is a verb without its target. Such a value sits right after
+        // a '/', so paths without "/:" skip the parameter walk.
+        if shape.segment_start_params != 0
+            && path.contains("/:")
+            && m.params.iter().enumerate().any(|(i, (_, v))| {
+                i < 64 && shape.segment_start_params & (1 << i) != 0 && v.starts_with(':')
+            })
         {
             return self.bad_route(shape.api);
         }

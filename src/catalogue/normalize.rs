@@ -26,16 +26,28 @@ thread_local! {
 /// values keep their UTF-8 bytes valid.
 pub(super) fn normalize_into(path: &str, out: &mut String) {
     out.clear();
-    for segment in path.split('/') {
-        if !segment.is_empty() {
+    if is_clean(path) {
+        // The common case: one copy, no per-segment work.
+        out.push_str(path);
+    } else {
+        for segment in path.split('/') {
+            if !segment.is_empty() {
+                out.push('/');
+                out.push_str(segment);
+            }
+        }
+        if out.is_empty() {
             out.push('/');
-            out.push_str(segment);
         }
     }
-    if out.is_empty() {
-        out.push('/');
-    }
     out.make_ascii_lowercase();
+}
+
+/// Already normal: starts with `/`, no `//`, no trailing `/` (except `/` itself).
+fn is_clean(path: &str) -> bool {
+    // `contains` has a SIMD fast path for short needles; a byte loop was the
+    // single largest cost of `classify`.
+    path.starts_with('/') && (path.len() == 1 || !path.ends_with('/')) && !path.contains("//")
 }
 
 /// Runs `f` on the normalised path without allocating: a thread-local buffer
@@ -74,8 +86,10 @@ pub(super) fn api_version(query: &str) -> Option<&str> {
 pub(super) struct CompiledTemplate {
     /// Lower-cased, parameters renamed `{p0}`, `{p1}`, ... (`{*pN}` for a catch-all).
     pub(super) key: String,
-    /// Parameters that stand for (part of) one segment, i.e. not the catch-all.
-    pub(super) segment_params: usize,
+    /// Bit i set: parameter i is a whole segment or begins one (`/{id}`,
+    /// `/{id}:verb`), so its value can never start with `:` (that would be an
+    /// empty id before a verb). Catch-alls and parameters past 63 are left out.
+    pub(super) segment_start_params: u64,
 }
 
 /// Checks a catalogue path template and compiles it to its router key.
@@ -101,6 +115,7 @@ pub(super) fn compile_template(template: &str) -> Result<CompiledTemplate, Strin
     }
     let mut key = String::with_capacity(template.len());
     let mut params = 0usize;
+    let mut segment_start = 0u64;
     let mut catch_all = false;
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
@@ -132,6 +147,9 @@ pub(super) fn compile_template(template: &str) -> Result<CompiledTemplate, Strin
         }
         let n = params;
         params += 1;
+        if !star && key.ends_with('/') && n < 64 {
+            segment_start |= 1 << n;
+        }
         if star {
             catch_all = true;
             let _ = write!(key, "{{*p{n}}}");
@@ -146,7 +164,7 @@ pub(super) fn compile_template(template: &str) -> Result<CompiledTemplate, Strin
     key.push_str(&rest.to_ascii_lowercase());
     Ok(CompiledTemplate {
         key,
-        segment_params: params - usize::from(catch_all),
+        segment_start_params: segment_start,
     })
 }
 
@@ -192,6 +210,9 @@ mod tests {
         assert_eq!(norm("/SMS/"), "/sms");
         assert_eq!(norm("//chat///threads//"), "/chat/threads");
         assert_eq!(norm("/a/b/"), "/a/b");
+        assert_eq!(norm("a/b"), "/a/b");
+        assert_eq!(norm("*"), "/*");
+        assert_eq!(norm("/A"), "/a");
         assert_eq!(
             norm("/Identities/8:ACS:X/:issueAccessToken"),
             "/identities/8:acs:x/:issueaccesstoken"
@@ -235,13 +256,22 @@ mod tests {
         let t =
             compile_template("/routing/jobs/{jobId}/assignments/{assignmentId}:Complete").unwrap();
         assert_eq!(t.key, "/routing/jobs/{p0}/assignments/{p1}:complete");
-        assert_eq!(t.segment_params, 2);
+        assert_eq!(t.segment_start_params, 0b11);
+        assert_eq!(
+            compile_template("/a/x{y}/{z}")
+                .unwrap()
+                .segment_start_params,
+            0b10
+        );
         assert_eq!(
             compile_template("/routing/queues/{id}").unwrap(),
             compile_template("/routing/Queues/{queueId}").unwrap()
         );
         let t = compile_template("/files/{*rest}").unwrap();
-        assert_eq!((t.key.as_str(), t.segment_params), ("/files/{*p0}", 0));
+        assert_eq!(
+            (t.key.as_str(), t.segment_start_params),
+            ("/files/{*p0}", 0)
+        );
         assert_eq!(compile_template("/").unwrap().key, "/");
         for bad in [
             "sms",

@@ -66,31 +66,27 @@ impl MethodTable {
         self.default.as_ref()
     }
 
-    /// Adds a variant; `Err` carries the route it conflicts with.
+    /// Adds a variant; `Err` carries the route it conflicts with. The same
+    /// meaning twice is merged (old and new parameter names of one route).
     fn place(&mut self, versions: &[String], variant: Variant) -> Result<(), usize> {
-        fn merge(slot: &mut Option<Variant>, variant: &Variant) -> Result<(), usize> {
-            match slot {
+        if versions.is_empty() {
+            return match &self.default {
                 None => {
-                    *slot = Some(variant.clone());
+                    self.default = Some(variant);
                     Ok(())
                 }
-                Some(existing) if existing.same_meaning(variant) => Ok(()),
+                Some(existing) if existing.same_meaning(&variant) => Ok(()),
                 Some(existing) => Err(existing.origin),
-            }
-        }
-        if versions.is_empty() {
-            return merge(&mut self.default, &variant);
+            };
         }
         for version in versions {
-            let found = self
+            match self
                 .by_version
-                .iter_mut()
-                .find(|(v, _)| v.eq_ignore_ascii_case(version));
-            match found {
-                Some((_, existing)) => {
-                    let mut slot = Some(existing.clone());
-                    merge(&mut slot, &variant)?;
-                }
+                .iter()
+                .find(|(v, _)| v.eq_ignore_ascii_case(version))
+            {
+                Some((_, existing)) if existing.same_meaning(&variant) => {}
+                Some((_, existing)) => return Err(existing.origin),
                 None => self
                     .by_version
                     .push((version.as_str().into(), variant.clone())),
@@ -105,9 +101,9 @@ impl MethodTable {
 pub(super) struct Shape {
     /// Api whose "Bad Route" an unknown method on this shape counts as.
     pub(super) api: ApiId,
-    /// How many leading matchit params are (part of) one segment; a value of
-    /// one of those starting with `:` is an empty id before a verb.
-    pub(super) segment_params: usize,
+    /// Params that begin a segment (bit i = param i); a value of one of those
+    /// starting with `:` is an empty id before a verb.
+    pub(super) segment_start_params: u64,
     pub(super) methods: Vec<(Method, MethodTable)>,
 }
 
@@ -429,7 +425,7 @@ impl<'a> Builder<'a> {
                 }
                 self.shapes.push(Shape {
                     api,
-                    segment_params: template.segment_params,
+                    segment_start_params: template.segment_start_params,
                     methods: Vec::new(),
                 });
                 self.shape_index

@@ -468,3 +468,10 @@ fn classify_does_not_panic_on_odd_input() {
         }
     }
 }
+
+#[test]
+fn catalogue_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Catalogue>();
+    shared::<Classification>();
+}
