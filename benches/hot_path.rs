@@ -14,15 +14,43 @@ use acsgate::metrics::{DEFAULT_BUCKETS, Metrics};
 /// An ACS request mix: plain, parameterised, verb-suffixed, colon-laden ids, and misses.
 fn mix() -> Vec<(Method, &'static str, Option<&'static str>)> {
     vec![
-        (Method::POST, "/chat/threads/19:a1B2c3D4e5@thread.v2/messages", Some("api-version=2025-03-15")),
-        (Method::GET, "/chat/threads/19:a1B2c3D4e5@thread.v2/messages/1727193000123", Some("api-version=2025-03-15")),
+        (
+            Method::POST,
+            "/chat/threads/19:a1B2c3D4e5@thread.v2/messages",
+            Some("api-version=2025-03-15"),
+        ),
+        (
+            Method::GET,
+            "/chat/threads/19:a1B2c3D4e5@thread.v2/messages/1727193000123",
+            Some("api-version=2025-03-15"),
+        ),
         (Method::POST, "/sms", Some("api-version=2026-01-23")),
         (Method::POST, "/identities", Some("api-version=2022-06-01")),
-        (Method::POST, "/identities/8:acs:1b2c3d4e_0000-1111/:issueAccessToken", Some("api-version=2022-06-01")),
-        (Method::POST, "/calling/callConnections/421f0b00-2b3c:terminate", Some("api-version=2023-03-06")),
-        (Method::DELETE, "/calling/callConnections/421f0b00-2b3c", Some("api-version=2021-11-15-preview")),
-        (Method::POST, "/routing/jobs/job-42/assignments/assign-7:complete", Some("api-version=2023-11-01")),
-        (Method::PATCH, "/rooms/99466898241024408/participants", Some("api-version=2024-04-15")),
+        (
+            Method::POST,
+            "/identities/8:acs:1b2c3d4e_0000-1111/:issueAccessToken",
+            Some("api-version=2022-06-01"),
+        ),
+        (
+            Method::POST,
+            "/calling/callConnections/421f0b00-2b3c:terminate",
+            Some("api-version=2023-03-06"),
+        ),
+        (
+            Method::DELETE,
+            "/calling/callConnections/421f0b00-2b3c",
+            Some("api-version=2021-11-15-preview"),
+        ),
+        (
+            Method::POST,
+            "/routing/jobs/job-42/assignments/assign-7:complete",
+            Some("api-version=2023-11-01"),
+        ),
+        (
+            Method::PATCH,
+            "/rooms/99466898241024408/participants",
+            Some("api-version=2024-04-15"),
+        ),
         (Method::POST, "/emails:send", Some("api-version=2025-09-01")),
         (Method::GET, "/chat/threads/x/unknown/thing", None),
         (Method::GET, "/nothing/here", None),
@@ -67,7 +95,9 @@ fn hot_path(c: &mut Criterion) {
     for operation in catalogue.operations() {
         for status in [200u16, 201, 400, 404, 429, 500] {
             let status = StatusCode::from_u16(status).expect("valid status");
-            table.get(operation.id).record(status, Duration::from_millis(20), None);
+            table
+                .get(operation.id)
+                .record(status, Duration::from_millis(20), None);
         }
     }
     c.bench_function("encode /metrics, every operation x 6 statuses", |b| {

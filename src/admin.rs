@@ -44,13 +44,19 @@ impl Admin {
                 }
                 Err(error) => {
                     tracing::error!(%error, "encoding metrics failed");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n")
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "metrics encoding failed\n",
+                    )
                 }
             },
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            ),
         }
     }
 }
@@ -108,18 +114,30 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_flag() {
-        assert_eq!(admin(true).respond(&get("/readyz")).status(), StatusCode::OK);
+        assert_eq!(
+            admin(true).respond(&get("/readyz")).status(),
+            StatusCode::OK
+        );
         assert_eq!(
             admin(false).respond(&get("/readyz")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(admin(false).respond(&get("/healthz")).status(), StatusCode::OK);
+        assert_eq!(
+            admin(false).respond(&get("/healthz")).status(),
+            StatusCode::OK
+        );
     }
 
     #[test]
     fn read_only() {
         let post = Request::post("/metrics").body(()).unwrap();
-        assert_eq!(admin(true).respond(&post).status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(admin(true).respond(&get("/chat/threads")).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            admin(true).respond(&post).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            admin(true).respond(&get("/chat/threads")).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -146,16 +146,16 @@ where
         PeekFuture {
             state: PeekState::Peeking {
                 inner: Box::pin(async move {
-                let (parts, body) = request.into_parts();
-                let (body, verdict) = peek(body, &rule).await;
-                let mut response = match inner.call(Request::from_parts(parts, body)).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
-                if let Some(operation) = verdict {
-                    response.extensions_mut().insert(Reclassified(operation));
-                }
-                Ok(response)
+                    let (parts, body) = request.into_parts();
+                    let (body, verdict) = peek(body, &rule).await;
+                    let mut response = match inner.call(Request::from_parts(parts, body)).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                    if let Some(operation) = verdict {
+                        response.extensions_mut().insert(Reclassified(operation));
+                    }
+                    Ok(response)
                 }),
             },
         }
@@ -164,7 +164,10 @@ where
 
 /// Reads up to [`PEEK_LIMIT`] bytes of `body` and applies `rule` to them, returning a body
 /// that replays what was read and then continues with the rest.
-async fn peek<B>(mut body: B, rule: &BodyRule) -> (ReplayBody<B>, Option<crate::catalogue::OperationId>)
+async fn peek<B>(
+    mut body: B,
+    rule: &BodyRule,
+) -> (ReplayBody<B>, Option<crate::catalogue::OperationId>)
 where
     B: Body + Unpin,
 {

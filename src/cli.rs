@@ -18,7 +18,13 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Log format on stderr
-    #[arg(long, env = "ACSGATE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "ACSGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// Gateway options.
@@ -150,7 +156,10 @@ mod tests {
             "2s",
         ])
         .unwrap();
-        assert!(matches!(cli.command, Some(Command::Demo(DemoArgs { once: true, .. }))));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Demo(DemoArgs { once: true, .. }))
+        ));
         assert_eq!(cli.settings.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(cli.settings.response_timeout, Some(Duration::from_secs(2)));
     }

@@ -285,7 +285,10 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
         .cloned()
         .ok_or_else(|| invalid("upstream", format!("`{text}` has no host")))?;
     if authority.as_str().contains('@') {
-        return Err(invalid("upstream", "credentials in the URL are not supported"));
+        return Err(invalid(
+            "upstream",
+            "credentials in the URL are not supported",
+        ));
     }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err(invalid(
@@ -296,7 +299,10 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
     if scheme == Scheme::HTTPS {
         Ok(Upstream { scheme, authority })
     } else if scheme == Scheme::HTTP {
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let loopback = host.eq_ignore_ascii_case("localhost")
             || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
         if loopback {
@@ -347,10 +353,9 @@ mod tests {
 
     #[test]
     fn defaults_are_loopback_and_safe() {
-        let config = Config::from_settings(with_upstream(
-            "https://example.communication.azure.com",
-        ))
-        .unwrap();
+        let config =
+            Config::from_settings(with_upstream("https://example.communication.azure.com"))
+                .unwrap();
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(config.admin, DEFAULT_ADMIN.parse().unwrap());
         assert_eq!(config.bad_route, BadRoutePolicy::Forward);
@@ -380,8 +385,13 @@ mod tests {
 
     #[test]
     fn missing_upstream_names_every_way_to_set_it() {
-        let err = Config::from_settings(Settings::default()).unwrap_err().to_string();
-        assert!(err.contains("--upstream") && err.contains("ACSGATE_UPSTREAM"), "{err}");
+        let err = Config::from_settings(Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--upstream") && err.contains("ACSGATE_UPSTREAM"),
+            "{err}"
+        );
     }
 
     #[test]

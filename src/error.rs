@@ -195,6 +195,9 @@ mod tests {
         let response = ErrorKind::Timeout.response();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(response.headers()[ERROR_HEADER], "timeout");
-        assert_eq!(response.extensions().get::<ErrorKind>(), Some(&ErrorKind::Timeout));
+        assert_eq!(
+            response.extensions().get::<ErrorKind>(),
+            Some(&ErrorKind::Timeout)
+        );
     }
 }

@@ -13,7 +13,10 @@ use acsgate::server::Gateway;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
     };
@@ -68,15 +71,28 @@ fn load_catalogue(settings: &Settings) -> Result<Arc<Catalogue>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Logs go to stderr; `RUST_LOG` takes `level` or `target=level,…` (default `info`).
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+        Ok(text) => match text.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(error) => (
+                Targets::new().with_default(LevelFilter::INFO),
+                Some((text, error)),
+            ),
+        },
+        Err(_) => (Targets::new().with_default(LevelFilter::INFO), None),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    if let Some((text, error)) = bad_filter {
+        tracing::warn!(%error, "ignoring RUST_LOG={text:?}; logging at info");
     }
 }
 

@@ -252,8 +252,14 @@ async fn serve<M, S, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "drain deadline passed with requests still in flight");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "drain deadline passed with requests still in flight"
+        );
     }
 }
 

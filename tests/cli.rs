@@ -42,10 +42,26 @@ fn check_config_accepts_the_annotated_example() {
 #[test]
 fn check_config_names_the_bad_key() {
     let cases = [
-        ("typo.toml", "upstream = \"https://a.b\"\nrespone_timeout = \"1s\"\n", "respone_timeout"),
-        ("type.toml", "upstream = \"https://a.b\"\nlisten = 8080\n", "listen"),
-        ("plain.toml", "upstream = \"http://acs.example.com\"\n", "upstream"),
-        ("buckets.toml", "upstream = \"https://a.b\"\nbuckets = [1, 0.5]\n", "buckets"),
+        (
+            "typo.toml",
+            "upstream = \"https://a.b\"\nrespone_timeout = \"1s\"\n",
+            "respone_timeout",
+        ),
+        (
+            "type.toml",
+            "upstream = \"https://a.b\"\nlisten = 8080\n",
+            "listen",
+        ),
+        (
+            "plain.toml",
+            "upstream = \"http://acs.example.com\"\n",
+            "upstream",
+        ),
+        (
+            "buckets.toml",
+            "upstream = \"https://a.b\"\nbuckets = [1, 0.5]\n",
+            "buckets",
+        ),
     ];
     for (name, text, key) in cases {
         let path = temp_file(name, text);
@@ -53,7 +69,10 @@ fn check_config_names_the_bad_key() {
         let _ = std::fs::remove_file(&path);
         assert!(!output.status.success(), "{name} was accepted");
         let err = stderr(&output);
-        assert!(err.contains(key) && err.starts_with("acsgate: error:"), "{name}: {err}");
+        assert!(
+            err.contains(key) && err.starts_with("acsgate: error:"),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -79,7 +98,11 @@ fn a_malformed_catalogue_stops_start_up_naming_file_and_line() {
 fn no_upstream_is_a_clear_error() {
     let output = acsgate(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("--upstream"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--upstream"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -89,15 +112,29 @@ fn routes_lists_every_operation() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let catalogue = support::catalogue();
     for route in catalogue.routes() {
-        assert!(stdout.contains(&route.template), "missing {}", route.template);
+        assert!(
+            stdout.contains(&route.template),
+            "missing {}",
+            route.template
+        );
     }
-    for operation in ["SendChatMessage", "Create Call", "GetQueues", "Email_Send", "IssueRelayConfiguration"] {
+    for operation in [
+        "SendChatMessage",
+        "Create Call",
+        "GetQueues",
+        "Email_Send",
+        "IssueRelayConfiguration",
+    ] {
         assert!(stdout.contains(operation), "missing {operation}");
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -125,15 +162,34 @@ async fn the_binary_serves_from_environment_settings_and_exits_0_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let client = support::h1_client();
-    let (response, _) = support::send(&client, support::request(Method::GET, admin_addr, "/readyz", "")).await;
+    let (response, _) = support::send(
+        &client,
+        support::request(Method::GET, admin_addr, "/readyz", ""),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let (response, _) = support::send(&client, support::request(Method::POST, proxy_addr, "/sms?api-version=2021-03-07", "{}")).await;
+    let (response, _) = support::send(
+        &client,
+        support::request(
+            Method::POST,
+            proxy_addr,
+            "/sms?api-version=2021-03-07",
+            "{}",
+        ),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let metrics = support::scrape(admin_addr).await;
-    assert_eq!(metrics.sum("acsgate_requests_total", &[("operation", "SMSMessageSent")]), 1.0);
+    assert_eq!(
+        metrics.sum("acsgate_requests_total", &[("operation", "SMSMessageSent")]),
+        1.0
+    );
 
     let pid = child.id().expect("running") as i32;
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

@@ -54,7 +54,8 @@ impl TempFile {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let path = std::env::temp_dir().join(format!("acsgate-ca-{}-{nanos}.pem", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("acsgate-ca-{}-{nanos}.pem", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         TempFile(path)
     }
@@ -72,7 +73,11 @@ async fn https_upstream_trusted_through_the_extra_ca() {
     let upstream = Upstream::start_tls(
         |seen| async move {
             // Tell the client which protocol the upstream leg used.
-            let body = if seen.version == http::Version::HTTP_2 { "h2" } else { "h1" };
+            let body = if seen.version == http::Version::HTTP_2 {
+                "h2"
+            } else {
+                "h1"
+            };
             json(StatusCode::CREATED, body)
         },
         pki.server,
@@ -85,7 +90,12 @@ async fn https_upstream_trusted_through_the_extra_ca() {
     for client in [h1_client(), h2_client()] {
         let (response, body) = send(
             &client,
-            request(Method::POST, gw.proxy_addr(), "/identities?api-version=2022-06-01", "{}"),
+            request(
+                Method::POST,
+                gw.proxy_addr(),
+                "/identities?api-version=2022-06-01",
+                "{}",
+            ),
         )
         .await;
         assert_eq!(response.status(), StatusCode::CREATED);
@@ -93,9 +103,18 @@ async fn https_upstream_trusted_through_the_extra_ca() {
         assert_eq!(body.as_ref(), b"h2");
     }
     let seen = upstream.seen();
-    assert_eq!(seen[0].uri.authority().map(|a| a.as_str()), Some(format!("localhost:{}", upstream.addr.port()).as_str()));
+    assert_eq!(
+        seen[0].uri.authority().map(|a| a.as_str()),
+        Some(format!("localhost:{}", upstream.addr.port()).as_str())
+    );
     let metrics = scrape(gw.admin_addr()).await;
-    assert_eq!(metrics.sum("acsgate_requests_total", &[("operation", "CreateIdentity"), ("status_code", "201")]), 2.0);
+    assert_eq!(
+        metrics.sum(
+            "acsgate_requests_total",
+            &[("operation", "CreateIdentity"), ("status_code", "201")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -103,18 +122,39 @@ async fn untrusted_upstream_certificate_gives_502_tls() {
     let pki = pki();
     let upstream = Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, pki.server).await;
     // No extra CA: the test CA is not trusted, and verification cannot be turned off.
-    let gw = gateway(settings(&format!("https://localhost:{}", upstream.addr.port()))).await;
+    let gw = gateway(settings(&format!(
+        "https://localhost:{}",
+        upstream.addr.port()
+    )))
+    .await;
     let (response, _) = send(
         &h1_client(),
-        request(Method::GET, gw.proxy_addr(), "/chat/threads?api-version=2025-03-15", ""),
+        request(
+            Method::GET,
+            gw.proxy_addr(),
+            "/chat/threads?api-version=2025-03-15",
+            "",
+        ),
     )
     .await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(response.headers()[ERROR_HEADER], "tls");
     assert!(upstream.seen().is_empty());
     let metrics = scrape(gw.admin_addr()).await;
-    assert_eq!(metrics.sum("acsgate_upstream_errors_total", &[("operation", "ListChatThreads"), ("kind", "tls")]), 1.0);
-    assert_eq!(metrics.sum("acsgate_requests_total", &[("operation", "ListChatThreads"), ("status_code", "502")]), 1.0);
+    assert_eq!(
+        metrics.sum(
+            "acsgate_upstream_errors_total",
+            &[("operation", "ListChatThreads"), ("kind", "tls")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum(
+            "acsgate_requests_total",
+            &[("operation", "ListChatThreads"), ("status_code", "502")]
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -124,7 +164,10 @@ fn an_unreadable_extra_ca_file_is_a_start_up_error() {
         let mut s = settings("https://localhost:1");
         s.extra_ca_file = Some("/nonexistent/ca.pem".into());
         let config = acsgate::config::Config::from_settings(s).unwrap();
-        let err = acsgate::server::Gateway::start(&config).await.err().expect("start fails");
+        let err = acsgate::server::Gateway::start(&config)
+            .await
+            .err()
+            .expect("start fails");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     });
 }

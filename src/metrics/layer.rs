@@ -192,7 +192,8 @@ impl<B: Body> Body for CountBody<B> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            this.counter.inc_by(data.map_or(0, |d| d.remaining() as u64));
+            this.counter
+                .inc_by(data.map_or(0, |d| d.remaining() as u64));
         }
         Poll::Ready(frame)
     }

@@ -20,7 +20,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use layer::{Record, RecordBody, RecordLayer, Reclassified, ResponseFuture};
+pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
 
 use crate::catalogue::{Catalogue, OperationId};
 use crate::error::ErrorKind;
@@ -111,7 +111,9 @@ impl Metrics {
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         Ok(Metrics {
             registry,
@@ -229,9 +231,7 @@ fn status_slot(status: StatusCode) -> Option<usize> {
 /// `2xx`, `4xx`, ... and its index (0 for `1xx`).
 fn subclass(status: StatusCode) -> (usize, &'static str) {
     const NAMES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-    let index = usize::from(status.as_u16() / 100)
-        .saturating_sub(1)
-        .min(4);
+    let index = usize::from(status.as_u16() / 100).saturating_sub(1).min(4);
     (index, NAMES[index])
 }
 
@@ -278,9 +278,11 @@ impl OperationMetrics {
         if let Some(kind) = error.filter(|kind| kind.is_upstream()) {
             self.upstream_errors[kind.index()]
                 .get_or_init(|| {
-                    self.families
-                        .upstream_errors
-                        .with_label_values(&[labels[0], labels[1], kind.as_str()])
+                    self.families.upstream_errors.with_label_values(&[
+                        labels[0],
+                        labels[1],
+                        kind.as_str(),
+                    ])
                 })
                 .inc();
         }

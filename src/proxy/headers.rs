@@ -37,7 +37,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers.keys().any(|name| name.as_str().starts_with("proxy-")) {
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with("proxy-"))
+    {
         let proxy: Vec<HeaderName> = headers
             .keys()
             .filter(|name| name.as_str().starts_with("proxy-"))
@@ -59,10 +62,7 @@ pub fn add_forwarded(
 ) {
     if let Some(peer) = peer {
         let ip = peer.ip().to_string();
-        let value = match headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) => format!("{existing}, {ip}"),
             None => ip,
         };
@@ -105,7 +105,10 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("authorization", "HMAC-SHA256 SignedHeaders=x&Signature=y"),
             ("x-ms-date", "Tue, 25 Nov 2026 09:00:00 GMT"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         ]);
         remove_hop_by_hop(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();

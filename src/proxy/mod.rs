@@ -176,14 +176,10 @@ where
         }
         let shared = &self.shared;
         let (mut parts, body) = request.into_parts();
-        let client_host = parts
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| {
-                let authority = parts.uri.authority()?;
-                HeaderValue::from_str(authority.as_str()).ok()
-            });
+        let client_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
         headers::remove_hop_by_hop(&mut parts.headers);
         // The client sets Host from the URI: the upstream's authority, as TLS SNI needs.
         parts.headers.remove(http::header::HOST);

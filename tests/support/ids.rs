@@ -6,7 +6,9 @@ pub fn sample_id(param: &str) -> &'static str {
     match param {
         "chatThreadId" => "19:a1B2c3D4e5@thread.v2",
         "chatMessageId" => "1727193000123",
-        "chatParticipantId" | "chatMemberId" => "8:acs:1b2c3d4e-0000-1111-2222-333344445555_00000020-aaaa-bbbb",
+        "chatParticipantId" | "chatMemberId" => {
+            "8:acs:1b2c3d4e-0000-1111-2222-333344445555_00000020-aaaa-bbbb"
+        }
         "id" => "8:acs:1b2c3d4e-0000-1111-2222-333344445555_00000020-cccc-dddd",
         "participantRawId" | "participantMri" => "4:+14255550123",
         "callConnectionId" => "421f0b00-2b3c-4d5e-9f80-a1b2c3d4e5f6",
@@ -28,7 +30,10 @@ pub fn fill(template: &str) -> String {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').map(|i| open + i).expect("balanced braces");
+        let close = rest[open..]
+            .find('}')
+            .map(|i| open + i)
+            .expect("balanced braces");
         out.push_str(sample_id(&rest[open + 1..close]));
         rest = &rest[close + 1..];
     }

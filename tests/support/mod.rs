@@ -116,11 +116,15 @@ impl Upstream {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -204,7 +208,12 @@ pub async fn send(
 }
 
 /// Builds a request to `path` on `addr`.
-pub fn request(method: Method, addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+pub fn request(
+    method: Method,
+    addr: SocketAddr,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
@@ -235,7 +244,11 @@ impl Metrics {
         self.samples
             .iter()
             .filter(|s| s.name == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|s| s.value)
             .sum()
     }
@@ -243,7 +256,11 @@ impl Metrics {
     /// `acsgate_requests_total` summed by the value of `label`.
     pub fn requests_by(&self, label: &str) -> BTreeMap<String, f64> {
         let mut by = BTreeMap::new();
-        for sample in self.samples.iter().filter(|s| s.name == "acsgate_requests_total") {
+        for sample in self
+            .samples
+            .iter()
+            .filter(|s| s.name == "acsgate_requests_total")
+        {
             if let Some(value) = sample.labels.get(label) {
                 *by.entry(value.clone()).or_default() += sample.value;
             }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script):
+# formatting, lints, the ring-only TLS guard, then every unit and end-to-end test.
+# Tests use loopback sockets only and need nothing beyond the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "TLS stays on ring (aws-lc-rs doubles the build)"
+if cargo tree --locked -i aws-lc-rs >/dev/null 2>&1; then
+    echo "aws-lc-rs is in the dependency tree: some rustls-family crate has default features on" >&2
+    cargo tree --locked -i aws-lc-rs >&2
+    exit 1
+fi
+echo "ok: aws-lc-rs absent"
+
+step "cargo test"
+cargo test --locked --no-fail-fast
