@@ -1,11 +1,41 @@
-//! API STUB — replaced by the catalogue implementation. Signatures are the contract.
+//! The operation catalogue: which ACS operation (and api) a request is.
+//!
+//! Routes are data ([`BUILTIN_TEXT`], plus user files in the same TOML
+//! format, documented at the top of `config/catalogue.toml`). They are
+//! compiled once into a matchit router whose entries are route *shapes*
+//! (parameters renamed by position, literals lower-cased); each shape holds a
+//! small per-method table, with optional `api-version` alternatives and an
+//! optional [`BodyRule`]. [`Catalogue::classify`] is the hot path: it
+//! normalises the path into a reused thread-local buffer, so it allocates
+//! nothing, and it never panics.
+//!
+//! Every request gets an operation: a path or method no route names is its
+//! api's `Bad Route` (the api found by path prefix, else `unknown`), the value
+//! Azure's own metrics use for unrecognised requests.
+
+mod error;
+mod file;
+mod normalize;
+mod router;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::Method;
 
+pub use error::{CatalogueError, CatalogueErrorKind};
+
 /// The built-in catalogue text (every ACS operation), embedded in the binary.
-pub const BUILTIN_TEXT: &str = "";
+pub const BUILTIN_TEXT: &str = include_str!("../../config/catalogue.toml");
+
+/// The source name errors and route origins use for [`BUILTIN_TEXT`].
+pub const BUILTIN_SOURCE: &str = "builtin:catalogue.toml";
+
+/// Name of the api that requests matching no api prefix are counted under.
+pub const UNKNOWN_API: &str = router::UNKNOWN_API;
+
+/// Operation name of requests that no route names.
+pub const BAD_ROUTE: &str = router::BAD_ROUTE;
 
 /// Index of an operation in [`Catalogue::operations`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +60,8 @@ impl ApiId {
 }
 
 /// A named operation: the `operation` label value.
+///
+/// There is one per distinct (api, name) pair, plus one `Bad Route` per api.
 #[derive(Debug)]
 pub struct Operation {
     /// This operation's id.
@@ -51,93 +83,230 @@ pub struct Api {
     pub bad_route: OperationId,
 }
 
-/// A route as written in a catalogue file.
+/// A route as written in a catalogue file (identical duplicates included).
 #[derive(Debug)]
 pub struct Route {
-    /// Method.
+    /// The HTTP method.
     pub method: Method,
     /// Template as written, e.g. `/chat/threads/{chatThreadId}/messages`.
     pub template: String,
-    /// Operation it names.
+    /// The operation it names (the default one when it has a body rule).
     pub operation: OperationId,
-    /// Only for these `api-version` values (empty: any).
+    /// The route applies only for these `api-version` values (empty: any
+    /// version not claimed by another route's list).
     pub when_api_version: Vec<String>,
-    /// Informational list of API versions.
+    /// Informational list of API versions the route was seen in.
     pub api_versions: Vec<String>,
 }
 
-/// Body rule.
+/// An operation that only the request body can tell: when the JSON body's
+/// `field` is a non-empty object whose values are all `null`, the request is
+/// `when_all_null` instead of the classified operation (Rooms
+/// `PATCH /rooms/{roomId}/participants`: remove rather than add/update).
 #[derive(Clone, Debug)]
 pub struct BodyRule {
-    /// JSON field.
+    /// Top-level JSON field holding the object to inspect.
     pub field: Arc<str>,
     /// Operation when every value of the field's object is null.
     pub when_all_null: OperationId,
 }
 
 impl BodyRule {
-    /// Evaluates on a (possibly partial) body prefix.
-    pub fn apply(&self, _body: &[u8]) -> Option<OperationId> {
-        todo!()
+    /// Evaluates the rule on a body (or the prefix of one read so far).
+    ///
+    /// `Some(when_all_null)` only when `body` is a complete JSON object whose
+    /// `field` is a non-empty object with every value `null`. Anything else
+    /// (not JSON, truncated, field missing or not an object, a non-null
+    /// value) is `None`: keep the classified operation.
+    pub fn apply(&self, body: &[u8]) -> Option<OperationId> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let inner = value.as_object()?.get(&*self.field)?.as_object()?;
+        (!inner.is_empty() && inner.values().all(serde_json::Value::is_null))
+            .then_some(self.when_all_null)
     }
 }
 
 /// Result of classifying a request head.
 #[derive(Clone, Debug)]
 pub struct Classification {
-    /// Operation.
+    /// The operation (possibly a `Bad Route`); its api is the request's api.
     pub operation: OperationId,
-    /// Body rule, when the body can change the operation.
+    /// Set when the body can change the operation; see [`BodyRule::apply`].
     pub body_rule: Option<BodyRule>,
 }
 
-/// Error.
-#[derive(Debug, thiserror::Error)]
-#[error("catalogue error")]
-pub struct CatalogueError;
-
-/// Compiled catalogue.
+/// A compiled catalogue: immutable, cheap to share behind an `Arc`.
 #[derive(Debug)]
-pub struct Catalogue;
+pub struct Catalogue {
+    inner: router::Compiled,
+}
 
 impl Catalogue {
-    /// Built-in.
+    /// The built-in ACS catalogue alone.
+    ///
+    /// # Panics
+    ///
+    /// Never in a released build: the built-in text is compiled by the unit
+    /// tests, so an error in it fails the build's tests, not a deployment.
     pub fn builtin() -> Catalogue {
-        todo!()
+        match Catalogue::from_texts([(BUILTIN_SOURCE, BUILTIN_TEXT)]) {
+            Ok(c) => c,
+            Err(e) => panic!("built-in catalogue does not compile: {e}"),
+        }
     }
-    /// Load.
-    pub fn load(_include_builtin: bool, _files: &[PathBuf]) -> Result<Catalogue, CatalogueError> {
-        todo!()
+
+    /// The built-in catalogue (unless `include_builtin` is false: the files
+    /// then replace it) followed by `files`, merged in that order.
+    ///
+    /// Routes may use apis declared in any of the files. Errors name the
+    /// file (its path as given), the line and the route.
+    pub fn load(include_builtin: bool, files: &[PathBuf]) -> Result<Catalogue, CatalogueError> {
+        let mut texts = Vec::with_capacity(files.len());
+        for path in files {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CatalogueError::new(
+                    CatalogueErrorKind::Io,
+                    &name,
+                    None,
+                    format!("cannot read: {e}"),
+                )
+            })?;
+            texts.push((name, text));
+        }
+        let builtin = include_builtin.then_some((BUILTIN_SOURCE, BUILTIN_TEXT));
+        Catalogue::from_texts(
+            builtin
+                .into_iter()
+                .chain(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))),
+        )
     }
-    /// From texts.
+
+    /// Compiles catalogue texts given as (source name, TOML text) pairs, in
+    /// order. The built-in text is not included unless passed.
     pub fn from_texts<'a>(
-        _sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+        sources: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Catalogue, CatalogueError> {
-        todo!()
+        Ok(Catalogue {
+            inner: router::compile(sources)?,
+        })
     }
-    /// Classify.
-    pub fn classify(&self, _method: &Method, _path: &str, _query: Option<&str>) -> Classification {
-        todo!()
+
+    /// Names the operation of a request from its method, raw (undecoded)
+    /// path and query string (without `?`).
+    ///
+    /// The query is read only when the matched method has `api-version`
+    /// alternatives. Allocation-free, and total: any input yields an
+    /// operation, `Bad Route` when no route names it.
+    pub fn classify(&self, method: &Method, path: &str, query: Option<&str>) -> Classification {
+        normalize::with_normalized(path, |p| self.classify_normalized(method, p, query))
     }
-    /// Operations.
+
+    fn classify_normalized(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Classification {
+        let c = &self.inner;
+        let Ok(m) = c.router.at(path) else {
+            return self.bad_route(self.api_of_normalized(path));
+        };
+        let Some(shape) = c.shapes.get(*m.value as usize) else {
+            return self.bad_route(c.unknown);
+        };
+        // matchit hands `/callConnections/:terminate` to the bare `{id}` route
+        // with id ":terminate". An empty segment is never a parameter value,
+        // so that is a verb without its target. Such a value sits right after
+        // a '/', so paths without "/:" skip the parameter walk.
+        if shape.segment_start_params != 0
+            && path.contains("/:")
+            && m.params.iter().enumerate().any(|(i, (_, v))| {
+                i < 64 && shape.segment_start_params & (1 << i) != 0 && v.starts_with(':')
+            })
+        {
+            return self.bad_route(shape.api);
+        }
+        match shape.method(method).and_then(|t| t.select(query)) {
+            Some(v) => Classification {
+                operation: v.operation,
+                body_rule: v.body_rule.clone(),
+            },
+            None => self.bad_route(shape.api),
+        }
+    }
+
+    fn bad_route(&self, api: ApiId) -> Classification {
+        Classification {
+            operation: self.api(api).bad_route,
+            body_rule: None,
+        }
+    }
+
+    /// The api a normalised path belongs to by prefix, else `unknown`.
+    fn api_of_normalized(&self, path: &str) -> ApiId {
+        self.inner
+            .prefixes
+            .iter()
+            .find(|(prefix, _)| normalize::prefix_matches(path, prefix))
+            .map_or(self.inner.unknown, |&(_, api)| api)
+    }
+
+    /// Every operation, indexed by [`OperationId::index`]: the `Bad Route`s
+    /// first (api *i*'s is operation *i*), then named ones in file order.
     pub fn operations(&self) -> &[Operation] {
-        todo!()
+        &self.inner.operations
     }
-    /// Operation.
-    pub fn operation(&self, _id: OperationId) -> &Operation {
-        todo!()
+
+    /// The operation with this id.
+    ///
+    /// # Panics
+    ///
+    /// If `id` comes from another catalogue with more operations.
+    pub fn operation(&self, id: OperationId) -> &Operation {
+        &self.inner.operations[id.index()]
     }
-    /// Apis.
+
+    /// Every api, indexed by [`ApiId::index`], in declaration order; `unknown` last.
     pub fn apis(&self) -> &[Api] {
-        todo!()
+        &self.inner.apis
     }
-    /// Api.
-    pub fn api(&self, _id: ApiId) -> &Api {
-        todo!()
+
+    /// The api with this id.
+    ///
+    /// # Panics
+    ///
+    /// If `id` comes from another catalogue with more apis.
+    pub fn api(&self, id: ApiId) -> &Api {
+        &self.inner.apis[id.index()]
     }
-    /// Routes.
+
+    /// Every route in file order, identical duplicates included.
     pub fn routes(&self) -> &[Route] {
-        todo!()
+        &self.inner.routes
+    }
+
+    /// The api named `name`, if declared (`unknown` always is).
+    pub fn find_api(&self, name: &str) -> Option<ApiId> {
+        self.inner
+            .apis
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.id)
+    }
+
+    /// The operation named `name` in api `api`, if any route (or the
+    /// `Bad Route` rule) defines it.
+    pub fn find_operation(&self, api: &str, name: &str) -> Option<OperationId> {
+        let api = self.find_api(api)?;
+        self.inner.op_index.get(&(api, name.to_owned())).copied()
+    }
+
+    /// The `unknown` api: requests matching no route and no api prefix.
+    pub fn unknown_api(&self) -> ApiId {
+        self.inner.unknown
     }
 }
 
+#[cfg(test)]
+mod tests;

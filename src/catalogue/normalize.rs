@@ -1,0 +1,308 @@
+//! Request-path and template normalisation.
+//!
+//! Both sides are brought to the same form before matchit sees them: literal
+//! text lower-cased, `//` runs collapsed, no trailing `/`. Templates also get
+//! their parameters renamed by position, so `{queueId}` and `{id}` at the same
+//! place are one router entry.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+
+/// Paths up to this length reuse the thread's buffer without growing it.
+const BUF_INITIAL: usize = 256;
+/// A buffer grown past this by a huge path is dropped afterwards, so one
+/// oversized request does not pin memory in every worker thread.
+const BUF_KEEP_MAX: usize = 8 * 1024;
+
+thread_local! {
+    static BUF: RefCell<String> = RefCell::new(String::with_capacity(BUF_INITIAL));
+}
+
+/// Writes the normalised, lower-cased form of a raw request path into `out`.
+///
+/// Empty segments are skipped, which collapses `//` runs and drops a trailing
+/// `/`; the result always starts with `/`. Nothing is percent-decoded, so
+/// `%3A` can never become a verb colon. Lower-casing is ASCII only, so param
+/// values keep their UTF-8 bytes valid.
+pub(super) fn normalize_into(path: &str, out: &mut String) {
+    out.clear();
+    if is_clean(path) {
+        // The common case: one copy, no per-segment work.
+        out.push_str(path);
+    } else {
+        for segment in path.split('/') {
+            if !segment.is_empty() {
+                out.push('/');
+                out.push_str(segment);
+            }
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+    }
+    out.make_ascii_lowercase();
+}
+
+/// Already normal: starts with `/`, no `//`, no trailing `/` (except `/` itself).
+fn is_clean(path: &str) -> bool {
+    // `contains` has a SIMD fast path for short needles; a byte loop was the
+    // single largest cost of `classify`.
+    path.starts_with('/') && (path.len() == 1 || !path.ends_with('/')) && !path.contains("//")
+}
+
+/// Runs `f` on the normalised path without allocating: a thread-local buffer
+/// is reused. Falls back to a fresh `String` if the buffer is unavailable
+/// (re-entrant call, or a thread-local destructor running), so it never panics.
+pub(super) fn with_normalized<R>(path: &str, f: impl Fn(&str) -> R) -> R {
+    let reused = BUF.try_with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        normalize_into(path, &mut buf);
+        let result = f(&buf);
+        if buf.capacity() > BUF_KEEP_MAX {
+            *buf = String::with_capacity(BUF_INITIAL);
+        }
+        Some(result)
+    });
+    match reused {
+        Ok(Some(result)) => result,
+        _ => {
+            let mut own = String::with_capacity(path.len() + 1);
+            normalize_into(path, &mut own);
+            f(&own)
+        }
+    }
+}
+
+/// The raw value of the first `api-version` parameter of a query string.
+pub(super) fn api_version(query: &str) -> Option<&str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.eq_ignore_ascii_case("api-version").then_some(value)
+    })
+}
+
+/// A template compiled to the router's form.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct CompiledTemplate {
+    /// Lower-cased, parameters renamed `{p0}`, `{p1}`, ... (`{*pN}` for a catch-all).
+    pub(super) key: String,
+    /// Bit i set: parameter i is a whole segment or begins one (`/{id}`,
+    /// `/{id}:verb`), so its value can never start with `:` (that would be an
+    /// empty id before a verb). Catch-alls and parameters past 63 are left out.
+    pub(super) segment_start_params: u64,
+}
+
+/// Checks a catalogue path template and compiles it to its router key.
+///
+/// The checks reject templates that could never match a normalised request
+/// path (trailing `/`, `//`, query) and anything matchit would read as
+/// syntax other than `{name}` / `{*name}` parameters.
+pub(super) fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
+    if !template.starts_with('/') {
+        return Err("path must start with '/'".into());
+    }
+    if template.len() > 1 && template.ends_with('/') {
+        return Err("path must not end with '/' (request paths lose their trailing '/')".into());
+    }
+    if template.contains("//") {
+        return Err("path must not contain '//' (request paths have '//' collapsed)".into());
+    }
+    if let Some(c) = template
+        .chars()
+        .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("path must not contain {c:?}"));
+    }
+    let mut key = String::with_capacity(template.len());
+    let mut params = 0usize;
+    let mut segment_start = 0u64;
+    let mut catch_all = false;
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        let (literal, tail) = rest.split_at(open);
+        if catch_all && !literal.is_empty() {
+            return Err("a catch-all {*name} must end the path".into());
+        }
+        key.push_str(&literal.to_ascii_lowercase());
+        if tail.starts_with('}') {
+            return Err("unmatched '}'".into());
+        }
+        let close = tail.find('}').ok_or_else(|| "unmatched '{'".to_string())?;
+        let inner = &tail[1..close];
+        let (star, name) = match inner.strip_prefix('*') {
+            Some(name) => (true, name),
+            None => (false, inner),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "invalid parameter {{{inner}}}: use {{name}} or {{*name}} with letters, digits, '_' or '-'"
+            ));
+        }
+        if catch_all {
+            return Err("a catch-all {*name} must end the path".into());
+        }
+        let n = params;
+        params += 1;
+        if !star && key.ends_with('/') && n < 64 {
+            segment_start |= 1 << n;
+        }
+        if star {
+            catch_all = true;
+            let _ = write!(key, "{{*p{n}}}");
+        } else {
+            let _ = write!(key, "{{p{n}}}");
+        }
+        rest = &tail[close + 1..];
+    }
+    if catch_all && !rest.is_empty() {
+        return Err("a catch-all {*name} must end the path".into());
+    }
+    key.push_str(&rest.to_ascii_lowercase());
+    Ok(CompiledTemplate {
+        key,
+        segment_start_params: segment_start,
+    })
+}
+
+/// Normalises an `[[api]]` prefix: lower-cased, no trailing `/`.
+pub(super) fn compile_prefix(prefix: &str) -> Result<String, String> {
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        return Err("prefix must start with '/' and name at least one segment".into());
+    }
+    if prefix.ends_with('/') || prefix.contains("//") {
+        return Err("prefix must not end with '/' or contain '//'".into());
+    }
+    if prefix
+        .chars()
+        .any(|c| matches!(c, '?' | '#' | '{' | '}') || c.is_whitespace() || c.is_control())
+    {
+        return Err("prefix must be a plain path (no '{', '?', '#' or spaces)".into());
+    }
+    Ok(prefix.to_ascii_lowercase())
+}
+
+/// Whether the normalised `path` starts with `prefix` on a segment boundary:
+/// `/chat` matches `/chat`, `/chat/x` and `/chat:verb`, not `/chatty`.
+pub(super) fn prefix_matches(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        let mut s = String::new();
+        normalize_into(p, &mut s);
+        s
+    }
+
+    #[test]
+    fn normalises_slashes_and_case() {
+        assert_eq!(norm("/"), "/");
+        assert_eq!(norm(""), "/");
+        assert_eq!(norm("//"), "/");
+        assert_eq!(norm("/SMS/"), "/sms");
+        assert_eq!(norm("//chat///threads//"), "/chat/threads");
+        assert_eq!(norm("/a/b/"), "/a/b");
+        assert_eq!(norm("a/b"), "/a/b");
+        assert_eq!(norm("*"), "/*");
+        assert_eq!(norm("/A"), "/a");
+        assert_eq!(
+            norm("/Identities/8:ACS:X/:issueAccessToken"),
+            "/identities/8:acs:x/:issueaccesstoken"
+        );
+        // no decoding: an encoded colon stays encoded
+        assert_eq!(
+            norm("/calling/callConnections/abc%3Aterminate"),
+            "/calling/callconnections/abc%3aterminate"
+        );
+        // non-ASCII passes through untouched
+        assert_eq!(norm("/Rooms/Ünï/x"), "/rooms/Ünï/x");
+    }
+
+    #[test]
+    fn buffer_is_reused_and_reentrancy_is_safe() {
+        let outer = with_normalized("/A//B/", |p| {
+            // a nested call cannot borrow the buffer and takes the fallback
+            let inner = with_normalized("/C/", |q| q.to_owned());
+            format!("{p}+{inner}")
+        });
+        assert_eq!(outer, "/a/b+/c");
+        let huge = "/x".repeat(20_000);
+        assert_eq!(with_normalized(&huge, |p| p.len()), huge.len());
+        assert!(BUF.with_borrow(|b| b.capacity()) <= BUF_KEEP_MAX);
+    }
+
+    #[test]
+    fn finds_api_version() {
+        assert_eq!(
+            api_version("api-version=2021-11-15-preview"),
+            Some("2021-11-15-preview")
+        );
+        assert_eq!(api_version("a=1&API-Version=x&api-version=y"), Some("x"));
+        assert_eq!(api_version("api-versionx=1&b"), None);
+        assert_eq!(api_version(""), None);
+        assert_eq!(api_version("api-version"), None);
+    }
+
+    #[test]
+    fn compiles_templates() {
+        let t =
+            compile_template("/routing/jobs/{jobId}/assignments/{assignmentId}:Complete").unwrap();
+        assert_eq!(t.key, "/routing/jobs/{p0}/assignments/{p1}:complete");
+        assert_eq!(t.segment_start_params, 0b11);
+        assert_eq!(
+            compile_template("/a/x{y}/{z}")
+                .unwrap()
+                .segment_start_params,
+            0b10
+        );
+        assert_eq!(
+            compile_template("/routing/queues/{id}").unwrap(),
+            compile_template("/routing/Queues/{queueId}").unwrap()
+        );
+        let t = compile_template("/files/{*rest}").unwrap();
+        assert_eq!(
+            (t.key.as_str(), t.segment_start_params),
+            ("/files/{*p0}", 0)
+        );
+        assert_eq!(compile_template("/").unwrap().key, "/");
+        for bad in [
+            "sms",
+            "/sms/",
+            "/a//b",
+            "/a?x=1",
+            "/a/{",
+            "/a/}",
+            "/a/{}",
+            "/a/{b c}",
+            "/a/{*r}/x",
+            "/a b",
+            "/a/{x.y}",
+        ] {
+            assert!(compile_template(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/chat", "/chat"));
+        assert!(prefix_matches("/chat/threads", "/chat"));
+        assert!(prefix_matches("/emails:send", "/emails"));
+        assert!(!prefix_matches("/chatty", "/chat"));
+        assert!(!prefix_matches("/", "/chat"));
+        assert_eq!(
+            compile_prefix("/deliveryReports").unwrap(),
+            "/deliveryreports"
+        );
+        for bad in ["", "/", "chat", "/chat/", "/a//b", "/{x}"] {
+            assert!(compile_prefix(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
