@@ -194,7 +194,7 @@ fn local_addr(
 
 /// HTTP/1.1 and h2c (prior knowledge) on one port. hyper enforces its header-read timeout only
 /// when a timer is set, so both protocols get one.
-fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -210,7 +210,7 @@ fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecu
 }
 
 /// Accepts connections until `stop` fires, then drains them for at most `drain`.
-async fn serve<M, S, B>(
+pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     make_service: M,

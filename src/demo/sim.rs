@@ -14,16 +14,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::traffic::REQUEST_ID_HEADER;
 use crate::catalogue::Catalogue;
+use crate::server;
 
 /// Largest request body the simulator reads.
 const BODY_LIMIT: usize = 1 << 20;
@@ -71,39 +68,20 @@ impl SimUpstream {
     }
 }
 
-async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, mut stop: watch::Receiver<bool>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let sim = Arc::clone(&sim);
-                    let service = service_fn(move |request| {
-                        let sim = Arc::clone(&sim);
-                        async move { Ok::<_, Infallible>(sim.answer(request).await) }
-                    });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "simulated upstream: connection error");
-                        }
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "simulated upstream: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, stop: watch::Receiver<bool>) {
+    let service = tower::service_fn(move |request| {
+        let sim = Arc::clone(&sim);
+        async move { Ok::<_, Infallible>(sim.answer(request).await) }
+    });
+    let builder = server::connection_builder(Duration::from_secs(10));
+    server::serve(
+        listener,
+        builder,
+        move |_| service.clone(),
+        stop,
+        Duration::from_secs(1),
+    )
+    .await;
 }
 
 struct Sim {
