@@ -86,6 +86,33 @@ pub struct Settings {
     /// PEM file of extra CA certificates trusted for the upstream (platform roots stay trusted)
     #[arg(long, env = "ACSGATE_EXTRA_CA_FILE", global = true)]
     pub extra_ca_file: Option<PathBuf>,
+
+    // --- limits (client-side protection) ---
+    /// Open client connections at most; more are closed at once [default: 4096]
+    #[arg(long, env = "ACSGATE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Requests served at once at most; more get 503 `overloaded` [default: 1024]
+    #[arg(long, env = "ACSGATE_MAX_IN_FLIGHT", global = true)]
+    pub max_in_flight: Option<usize>,
+
+    /// Limit from accepting a connection to its first request head (TLS, protocol detection,
+    /// headers) [default: 10s]
+    #[arg(long, env = "ACSGATE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Largest HTTP/1 request head (request line and headers) in bytes; larger gets 431 [default: 32768]
+    #[arg(long, env = "ACSGATE_MAX_HEADER_BYTES", global = true)]
+    pub max_header_bytes: Option<usize>,
+
+    /// Most request headers; more gets 431 [default: 100]
+    #[arg(long, env = "ACSGATE_MAX_HEADERS", global = true)]
+    pub max_headers: Option<usize>,
+
+    /// Longest request URI (path and query) in bytes; longer gets 414 [default: 8192]
+    #[arg(long, env = "ACSGATE_MAX_URI_BYTES", global = true)]
+    pub max_uri_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -123,6 +150,12 @@ impl Settings {
             drain_timeout: self.drain_timeout.or(lower.drain_timeout),
             buckets: self.buckets.or(lower.buckets),
             extra_ca_file: self.extra_ca_file.or(lower.extra_ca_file),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_in_flight: self.max_in_flight.or(lower.max_in_flight),
+            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
+            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            max_headers: self.max_headers.or(lower.max_headers),
+            max_uri_bytes: self.max_uri_bytes.or(lower.max_uri_bytes),
         }
     }
 }
@@ -187,6 +220,64 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Duration histogram buckets, seconds.
     pub buckets: Vec<f64>,
+    /// Client-side limits.
+    pub limits: Limits,
+}
+
+/// Limits that protect the gateway (and the app it serves) from clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// Requests served at once at most.
+    pub max_in_flight: usize,
+    /// Accept → first request head.
+    pub handshake_timeout: Duration,
+    /// Largest HTTP/1 request head.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Longest request URI.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_settings(&Settings::default()).expect("the defaults are valid")
+    }
+}
+
+impl Limits {
+    fn from_settings(settings: &Settings) -> Result<Limits, ConfigError> {
+        let count = |key: &'static str, value: Option<usize>, default: usize, min: usize| {
+            let value = value.unwrap_or(default);
+            if value < min {
+                Err(invalid(key, format!("must be at least {min}")))
+            } else {
+                Ok(value)
+            }
+        };
+        let handshake_timeout = settings
+            .handshake_timeout
+            .unwrap_or(Duration::from_secs(10));
+        if handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout", "must be longer than zero"));
+        }
+        Ok(Limits {
+            max_connections: count("max_connections", settings.max_connections, 4096, 1)?,
+            max_in_flight: count("max_in_flight", settings.max_in_flight, 1024, 1)?,
+            handshake_timeout,
+            // hyper needs room for at least one read buffer (8 KiB) plus a header.
+            max_header_bytes: count(
+                "max_header_bytes",
+                settings.max_header_bytes,
+                32 * 1024,
+                8192,
+            )?,
+            max_headers: count("max_headers", settings.max_headers, 100, 1)?,
+            max_uri_bytes: count("max_uri_bytes", settings.max_uri_bytes, 8192, 16)?,
+        })
+    }
 }
 
 impl Config {
@@ -219,6 +310,7 @@ impl Config {
                 Ok(value)
             }
         };
+        let limits = Limits::from_settings(&settings)?;
         let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
         validate_buckets(&buckets)?;
         Ok(Config {
@@ -266,6 +358,7 @@ impl Config {
                 Duration::from_secs(25),
             )?,
             buckets,
+            limits,
         })
     }
 }

@@ -31,17 +31,26 @@ pub enum ErrorKind {
     Protocol,
     /// The request was for an unknown route and `bad_route = "reject"` is set.
     BadRoute,
+    /// Too many requests in flight: the gateway sheds load instead of queueing.
+    Overloaded,
+    /// The drain deadline passed while the request was still in flight.
+    Draining,
+    /// The request URI is longer than the configured limit.
+    UriTooLong,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Protocol,
         ErrorKind::BadRoute,
+        ErrorKind::Overloaded,
+        ErrorKind::Draining,
+        ErrorKind::UriTooLong,
     ];
 
     /// The label value.
@@ -53,6 +62,9 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
             ErrorKind::BadRoute => "bad_route",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Draining => "draining",
+            ErrorKind::UriTooLong => "uri_too_long",
         }
     }
 
@@ -66,15 +78,26 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Overloaded | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
         }
     }
 
-    /// Whether this kind counts as an upstream failure (a rejected bad route does not).
+    /// Whether the upstream failed (counted in `acsgate_upstream_errors_total`), as opposed
+    /// to the gateway refusing or cutting short the request itself
+    /// (`acsgate_gateway_errors_total`).
     pub fn is_upstream(self) -> bool {
-        self != ErrorKind::BadRoute
+        matches!(
+            self,
+            ErrorKind::Connect
+                | ErrorKind::Tls
+                | ErrorKind::Timeout
+                | ErrorKind::Reset
+                | ErrorKind::Protocol
+        )
     }
 
     /// Classifies an error from the upstream client or an upstream body by walking its
@@ -83,6 +106,9 @@ impl ErrorKind {
         let mut connect = false;
         let mut current: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = current {
+            if e.is::<DrainingError>() {
+                return ErrorKind::Draining;
+            }
             if e.is::<rustls::Error>() {
                 return ErrorKind::Tls;
             }
@@ -143,6 +169,9 @@ impl ErrorKind {
             ErrorKind::Reset => "acsgate: upstream closed the connection\n",
             ErrorKind::Protocol => "acsgate: upstream sent an invalid response\n",
             ErrorKind::BadRoute => "acsgate: unknown ACS operation\n",
+            ErrorKind::Overloaded => "acsgate: too many requests in flight, retry later\n",
+            ErrorKind::Draining => "acsgate: shutting down\n",
+            ErrorKind::UriTooLong => "acsgate: request URI too long\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;
@@ -156,6 +185,11 @@ impl ErrorKind {
         response
     }
 }
+
+/// The error a response body ends with when the drain deadline cuts it short.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway is shutting down and the drain deadline passed")]
+pub struct DrainingError;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 pub mod admin;
+pub mod admission;
 pub mod catalogue;
 pub mod classify;
 pub mod cli;

@@ -71,7 +71,8 @@ fn load_catalogue(settings: &Settings) -> Result<Arc<Catalogue>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Logs go to stderr; `RUST_LOG` takes `level` or `target=level,…` (default `info`).
+/// Logs go to stderr; `RUST_LOG` takes `level` or `target=level,…`. The default is `info`, with
+/// hyper's own warnings (a client's header timeout, say) left to the rejection counters.
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -83,7 +84,12 @@ fn init_logging(format: LogFormat) {
                 Some((text, error)),
             ),
         },
-        Err(_) => (Targets::new().with_default(LevelFilter::INFO), None),
+        Err(_) => (
+            Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target("hyper", LevelFilter::ERROR),
+            None,
+        ),
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);

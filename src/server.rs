@@ -3,11 +3,20 @@
 //!
 //! The request path of the proxy is a stack of layers, outermost first:
 //! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
-//! [`PeekBodyLayer`] (body-dependent operations) → [`Forward`] (to the upstream).
+//! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`PeekBodyLayer`]
+//! (body-dependent operations) → [`Forward`] (to the upstream).
+//!
+//! Each connection is guarded before hyper sees a request: a global cap on open connections,
+//! and a deadline from accept to the first request head (hyper-util's protocol detection has
+//! none, and hyper's header timeout only starts once HTTP/1 is chosen). What hyper rejects
+//! itself (malformed or oversized heads, header timeouts, HTTP/2 protocol errors) never
+//! reaches the service; it is counted in `acsgate_protocol_rejections_total`.
 //!
 //! Shutdown follows hyper-util's graceful example: stop accepting at once, let in-flight
 //! requests finish up to the drain deadline (HTTP/2 gets GOAWAY, HTTP/1 closes after the
-//! current response), then close the admin port last so the final counts can be scraped.
+//! current response). When the deadline passes, requests still waiting for their response head
+//! are answered 503 `draining` and streaming bodies are cut, then the admin port closes last so
+//! the final counts can be scraped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,16 +32,18 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tower::{Service, ServiceBuilder};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::Admin;
+use crate::admission::AdmissionLayer;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::error::BoxError;
-use crate::metrics::{Metrics, RecordLayer};
+use crate::metrics::{Metrics, ProtocolRejections, RecordLayer, RejectionReason};
 use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
 
@@ -96,6 +107,13 @@ impl Gateway {
         );
         let classify = ClassifyLayer::new(catalogue);
         let record = RecordLayer::new(table);
+        let drain_expired = CancellationToken::new();
+        let limits = config.limits;
+        let admission = AdmissionLayer::new(
+            limits.max_in_flight,
+            limits.max_uri_bytes,
+            drain_expired.clone(),
+        );
 
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
@@ -106,27 +124,34 @@ impl Gateway {
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
 
-        let builder = connection_builder(config.header_read_timeout);
+        let proxy_policy = ConnectionPolicy {
+            builder: connection_builder(config.header_read_timeout, &limits),
+            max_connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshake_timeout: limits.handshake_timeout,
+            rejections: Some(metrics.protocol_rejections()),
+            drain: config.drain_timeout,
+            drain_expired,
+        };
+        let admin_policy = ConnectionPolicy::plain(config.header_read_timeout);
         let proxy_task = tokio::spawn(serve(
             proxy,
-            builder.clone(),
+            proxy_policy,
             move |peer| {
                 ServiceBuilder::new()
                     .layer(classify.clone())
                     .layer(record.clone())
+                    .layer(admission.clone())
                     .layer(PeekBodyLayer)
                     .service(forward.for_peer(peer))
             },
             proxy_stopped,
-            config.drain_timeout,
         ));
         let admin_service = Admin::new(metrics.clone(), Arc::clone(&ready));
         let admin_task = tokio::spawn(serve(
             admin,
-            builder,
+            admin_policy,
             move |_| admin_service.clone(),
             admin_stopped,
-            Duration::from_secs(1),
         ));
         ready.store(true, Ordering::Release);
         tracing::info!(%proxy_addr, %admin_addr, upstream = %config.upstream.authority, "acsgate serving");
@@ -157,12 +182,21 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Stops accepting, drains in-flight requests up to the drain deadline, then closes the
-    /// admin port.
-    pub async fn shutdown(self) {
+    /// Stops accepting proxy connections and drains in-flight requests up to the drain
+    /// deadline. The admin port stays open, so the final counts can still be scraped.
+    pub async fn drain(&mut self) {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop_proxy.send(true);
-        let _ = self.proxy_task.await;
+        if let Err(error) = (&mut self.proxy_task).await {
+            tracing::error!(%error, "proxy listener task failed");
+        }
+    }
+
+    /// [`Gateway::drain`], then closes the admin port.
+    pub async fn shutdown(mut self) {
+        if !self.proxy_task.is_finished() {
+            self.drain().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!("acsgate stopped");
@@ -193,29 +227,68 @@ fn local_addr(
 }
 
 /// HTTP/1.1 and h2c (prior knowledge) on one port. hyper enforces its header-read timeout only
-/// when a timer is set, so both protocols get one.
-pub(crate) fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// when a timer is set, so both protocols get one. For HTTP/1 the header-read timeout also
+/// closes keep-alive connections that stay idle that long.
+pub(crate) fn connection_builder(
+    header_read_timeout: Duration,
+    limits: &Limits,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Explicit, not implied: h2's defaults against reset floods (hyper #3782).
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Some(Duration::from_secs(20)));
     builder
 }
 
-/// Accepts connections until `stop` fires, then drains them for at most `drain`.
+/// How a listener treats its connections.
+pub(crate) struct ConnectionPolicy {
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// Permits for open connections; none left means the connection is closed at once.
+    pub(crate) max_connections: Arc<Semaphore>,
+    /// Accept → first request head.
+    pub(crate) handshake_timeout: Duration,
+    /// Where refused connections and hyper's rejections are counted (proxy listener only).
+    pub(crate) rejections: Option<ProtocolRejections>,
+    /// How long in-flight requests may take once shutdown starts.
+    pub(crate) drain: Duration,
+    /// Cancelled when the drain deadline passes.
+    pub(crate) drain_expired: CancellationToken,
+}
+
+impl ConnectionPolicy {
+    /// Defaults for listeners nobody hostile should reach (admin, the demo's simulated ACS).
+    pub(crate) fn plain(header_read_timeout: Duration) -> Self {
+        let limits = Limits::default();
+        ConnectionPolicy {
+            builder: connection_builder(header_read_timeout, &limits),
+            max_connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshake_timeout: limits.handshake_timeout,
+            rejections: None,
+            drain: Duration::from_secs(1),
+            drain_expired: CancellationToken::new(),
+        }
+    }
+}
+
+/// Accepts connections until `stop` fires, then drains them; see the [module docs](self).
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    policy: ConnectionPolicy,
     make_service: M,
     mut stop: watch::Receiver<bool>,
-    drain: Duration,
 ) where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -232,13 +305,45 @@ pub(crate) async fn serve<M, S, B>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = Arc::clone(&policy.max_connections).try_acquire_owned() else {
+                        // Closing at once is cheaper than queueing: the client sees a reset.
+                        count(&policy.rejections, RejectionReason::ConnLimit);
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(make_service(peer));
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    // Set by the first request; until then the handshake deadline applies.
+                    let started = Arc::new(AtomicBool::new(false));
+                    let flag = Arc::clone(&started);
+                    let service = make_service(peer).map_request(move |request| {
+                        flag.store(true, Ordering::Relaxed);
+                        request
+                    });
+                    let connection = policy
+                        .builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
                     let connection = graceful.watch(connection.into_owned());
+                    let rejections = policy.rejections.clone();
+                    let handshake_timeout = policy.handshake_timeout;
                     tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        let _permit = permit;
+                        tokio::pin!(connection);
+                        let result = tokio::select! {
+                            result = &mut connection => result,
+                            () = tokio::time::sleep(handshake_timeout) => {
+                                if !started.load(Ordering::Relaxed) {
+                                    count(&rejections, RejectionReason::HandshakeTimeout);
+                                    return;
+                                }
+                                connection.await
+                            }
+                        };
+                        if let Err(error) = result {
+                            let served = started.load(Ordering::Relaxed);
+                            match rejection_reason(&*error, served) {
+                                Some(reason) => count(&rejections, reason),
+                                None => tracing::debug!(%peer, %error, "connection ended with an error"),
+                            }
                         }
                     });
                 }
@@ -252,15 +357,54 @@ pub(crate) async fn serve<M, S, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    let shutdown = graceful.shutdown();
+    tokio::pin!(shutdown);
+    if tokio::time::timeout(policy.drain, &mut shutdown)
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?drain,
-            "drain deadline passed with requests still in flight"
-        );
+        tracing::warn!(drain = ?policy.drain, "drain deadline passed; cutting the remaining requests short");
+        policy.drain_expired.cancel();
+        // Time for the 503s to be written and the cut bodies to abort their connections.
+        let _ = tokio::time::timeout(Duration::from_millis(500), shutdown).await;
     }
+}
+
+fn count(rejections: &Option<ProtocolRejections>, reason: RejectionReason) {
+    if let Some(rejections) = rejections {
+        rejections.inc(reason);
+    }
+}
+
+/// Which rejection a connection error is, if any. A header timeout after the connection served
+/// a request is an idle keep-alive connection closing, not a rejection.
+fn rejection_reason(
+    error: &(dyn std::error::Error + 'static),
+    served: bool,
+) -> Option<RejectionReason> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return (!served).then_some(RejectionReason::HeaderTimeout);
+            }
+            if h.is_parse_too_large() {
+                return Some(RejectionReason::TooLarge);
+            }
+            if h.is_parse() {
+                return Some(RejectionReason::Parse);
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // A GOAWAY we sent (reset flood, bad frames) ends the connection with our reason.
+            if h2.is_go_away() && !h2.is_remote() && h2.reason() != Some(h2::Reason::NO_ERROR) {
+                return Some(RejectionReason::H2Protocol);
+            }
+            return None;
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -73,15 +73,8 @@ async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, stop: watch::Receiver
         let sim = Arc::clone(&sim);
         async move { Ok::<_, Infallible>(sim.answer(request).await) }
     });
-    let builder = server::connection_builder(Duration::from_secs(10));
-    server::serve(
-        listener,
-        builder,
-        move |_| service.clone(),
-        stop,
-        Duration::from_secs(1),
-    )
-    .await;
+    let policy = server::ConnectionPolicy::plain(Duration::from_secs(10));
+    server::serve(listener, policy, move |_| service.clone(), stop).await;
 }
 
 struct Sim {

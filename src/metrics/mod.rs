@@ -44,6 +44,8 @@ pub struct Metrics {
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     upstream_errors: IntCounterVec,
+    gateway_errors: IntCounterVec,
+    protocol_rejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +95,21 @@ impl Metrics {
             ),
             &["api", "operation", "kind"],
         )?;
+        let gateway_errors = IntCounterVec::new(
+            Opts::new(
+                "acsgate_gateway_errors_total",
+                "Requests the gateway answered or cut short itself, by reason \
+                 (bad_route, overloaded, draining, uri_too_long).",
+            ),
+            &["api", "operation", "kind"],
+        )?;
+        let protocol_rejections = IntCounterVec::new(
+            Opts::new(
+                "acsgate_protocol_rejections_total",
+                "Connections or requests refused before they became requests, by reason.",
+            ),
+            &["reason"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "acsgate_build_info",
@@ -110,6 +127,8 @@ impl Metrics {
         registry.register(Box::new(request_bytes.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(gateway_errors.clone()))?;
+        registry.register(Box::new(protocol_rejections.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -123,7 +142,19 @@ impl Metrics {
             request_bytes,
             response_bytes,
             upstream_errors,
+            gateway_errors,
+            protocol_rejections,
         })
+    }
+
+    /// The per-reason counters of `acsgate_protocol_rejections_total`, resolved once.
+    pub fn protocol_rejections(&self) -> ProtocolRejections {
+        ProtocolRejections {
+            counters: RejectionReason::ALL.map(|reason| {
+                self.protocol_rejections
+                    .with_label_values(&[reason.as_str()])
+            }),
+        }
     }
 
     /// The registry, for encoding or for registering more collectors.
@@ -162,7 +193,7 @@ impl Metrics {
                 families: self.clone(),
                 requests: std::array::from_fn(|_| OnceLock::new()),
                 durations: std::array::from_fn(|_| OnceLock::new()),
-                upstream_errors: std::array::from_fn(|_| OnceLock::new()),
+                errors: std::array::from_fn(|_| OnceLock::new()),
             })
             .collect();
         OperationTable { operations }
@@ -243,7 +274,7 @@ pub struct OperationMetrics {
     families: Metrics,
     requests: [OnceLock<IntCounter>; STATUS_SLOTS],
     durations: [OnceLock<Histogram>; 5],
-    upstream_errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
+    errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
 }
 
 impl OperationMetrics {
@@ -275,17 +306,72 @@ impl OperationMetrics {
                     .with_label_values(&[labels[0], labels[1], class])
             })
             .observe(elapsed.as_secs_f64());
-        if let Some(kind) = error.filter(|kind| kind.is_upstream()) {
-            self.upstream_errors[kind.index()]
+        if let Some(kind) = error {
+            self.errors[kind.index()]
                 .get_or_init(|| {
-                    self.families.upstream_errors.with_label_values(&[
-                        labels[0],
-                        labels[1],
-                        kind.as_str(),
-                    ])
+                    let family = if kind.is_upstream() {
+                        &self.families.upstream_errors
+                    } else {
+                        &self.families.gateway_errors
+                    };
+                    family.with_label_values(&[labels[0], labels[1], kind.as_str()])
                 })
                 .inc();
         }
+    }
+}
+
+/// Why a connection or request was refused before it became a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// Malformed HTTP (bad request line, header, framing): hyper answered 400 and closed.
+    Parse,
+    /// Request head or URI over the limits: hyper answered 431 or 414.
+    TooLarge,
+    /// The request head did not arrive within the header read timeout.
+    HeaderTimeout,
+    /// No request within the connection deadline (TLS handshake, first byte, protocol).
+    HandshakeTimeout,
+    /// The global connection cap was reached; the connection was closed at once.
+    ConnLimit,
+    /// An HTTP/2 protocol error ended the connection (e.g. GOAWAY after a reset flood).
+    H2Protocol,
+}
+
+impl RejectionReason {
+    /// Every reason, in label order.
+    pub const ALL: [RejectionReason; 6] = [
+        RejectionReason::Parse,
+        RejectionReason::TooLarge,
+        RejectionReason::HeaderTimeout,
+        RejectionReason::HandshakeTimeout,
+        RejectionReason::ConnLimit,
+        RejectionReason::H2Protocol,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionReason::Parse => "parse",
+            RejectionReason::TooLarge => "too_large",
+            RejectionReason::HeaderTimeout => "header_timeout",
+            RejectionReason::HandshakeTimeout => "handshake_timeout",
+            RejectionReason::ConnLimit => "conn_limit",
+            RejectionReason::H2Protocol => "h2_protocol",
+        }
+    }
+}
+
+/// Handles of `acsgate_protocol_rejections_total`, one per [`RejectionReason`].
+#[derive(Clone)]
+pub struct ProtocolRejections {
+    counters: [IntCounter; RejectionReason::ALL.len()],
+}
+
+impl ProtocolRejections {
+    /// Counts one rejection.
+    pub fn inc(&self, reason: RejectionReason) {
+        self.counters[reason as usize].inc();
     }
 }
 
