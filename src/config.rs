@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::Scheme;
 
+use crate::body_rate::{BodyRate, RATE_GRACE};
 use crate::metrics::DEFAULT_BUCKETS;
 use crate::proxy::client::ClientSettings;
 use crate::proxy::{BadRoutePolicy, ForwardTimeouts, Upstream};
@@ -113,6 +114,16 @@ pub struct Settings {
     /// Longest request URI (path and query) in bytes; longer gets 414 [default: 8192]
     #[arg(long, env = "ACSGATE_MAX_URI_BYTES", global = true)]
     pub max_uri_bytes: Option<usize>,
+
+    /// A request body must arrive completely within this time; else 408 [default: 60s]
+    #[arg(long, env = "ACSGATE_REQUEST_BODY_TIMEOUT", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub request_body_timeout: Option<Duration>,
+
+    /// After 5 s, a request body must average at least this many bytes per second; else 408
+    /// [default: 1024]
+    #[arg(long, env = "ACSGATE_REQUEST_BODY_MIN_RATE", global = true)]
+    pub request_body_min_rate: Option<u64>,
 }
 
 impl Settings {
@@ -156,6 +167,8 @@ impl Settings {
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
             max_headers: self.max_headers.or(lower.max_headers),
             max_uri_bytes: self.max_uri_bytes.or(lower.max_uri_bytes),
+            request_body_timeout: self.request_body_timeout.or(lower.request_body_timeout),
+            request_body_min_rate: self.request_body_min_rate.or(lower.request_body_min_rate),
         }
     }
 }
@@ -179,6 +192,20 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `value`, or `default` when unset; zero is refused.
+fn positive(
+    key: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value.is_zero() {
+        Err(invalid(key, "must be longer than zero"))
+    } else {
+        Ok(value)
+    }
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -239,6 +266,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Longest request URI.
     pub max_uri_bytes: usize,
+    /// How fast request bodies must arrive.
+    pub body_rate: BodyRate,
 }
 
 impl Default for Limits {
@@ -257,12 +286,16 @@ impl Limits {
                 Ok(value)
             }
         };
-        let handshake_timeout = settings
-            .handshake_timeout
-            .unwrap_or(Duration::from_secs(10));
-        if handshake_timeout.is_zero() {
-            return Err(invalid("handshake_timeout", "must be longer than zero"));
-        }
+        let handshake_timeout = positive(
+            "handshake_timeout",
+            settings.handshake_timeout,
+            Duration::from_secs(10),
+        )?;
+        let body_timeout = positive(
+            "request_body_timeout",
+            settings.request_body_timeout,
+            Duration::from_secs(60),
+        )?;
         Ok(Limits {
             max_connections: count("max_connections", settings.max_connections, 4096, 1)?,
             max_in_flight: count("max_in_flight", settings.max_in_flight, 1024, 1)?,
@@ -276,6 +309,11 @@ impl Limits {
             )?,
             max_headers: count("max_headers", settings.max_headers, 100, 1)?,
             max_uri_bytes: count("max_uri_bytes", settings.max_uri_bytes, 8192, 16)?,
+            body_rate: BodyRate {
+                timeout: body_timeout,
+                min_bytes_per_second: settings.request_body_min_rate.unwrap_or(1024),
+                grace: RATE_GRACE.min(body_timeout),
+            },
         })
     }
 }
@@ -302,14 +340,6 @@ impl Config {
                 format!("the admin listener must not share the proxy's address {listen}"),
             ));
         }
-        let positive = |key: &'static str, value: Option<Duration>, default: Duration| {
-            let value = value.unwrap_or(default);
-            if value.is_zero() {
-                Err(invalid(key, "must be longer than zero"))
-            } else {
-                Ok(value)
-            }
-        };
         let limits = Limits::from_settings(&settings)?;
         let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
         validate_buckets(&buckets)?;

@@ -37,11 +37,13 @@ pub enum ErrorKind {
     Draining,
     /// The request URI is longer than the configured limit.
     UriTooLong,
+    /// The client sent its request body too slowly (deadline or minimum rate).
+    ClientTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
@@ -51,6 +53,7 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::Draining,
         ErrorKind::UriTooLong,
+        ErrorKind::ClientTimeout,
     ];
 
     /// The label value.
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Draining => "draining",
             ErrorKind::UriTooLong => "uri_too_long",
+            ErrorKind::ClientTimeout => "client_timeout",
         }
     }
 
@@ -80,6 +84,7 @@ impl ErrorKind {
             ErrorKind::BadRoute => StatusCode::NOT_FOUND,
             ErrorKind::Overloaded | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -108,6 +113,9 @@ impl ErrorKind {
         while let Some(e) = current {
             if e.is::<DrainingError>() {
                 return ErrorKind::Draining;
+            }
+            if e.is::<crate::body_rate::BodyTooSlowError>() {
+                return ErrorKind::ClientTimeout;
             }
             if e.is::<rustls::Error>() {
                 return ErrorKind::Tls;
@@ -172,6 +180,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "acsgate: too many requests in flight, retry later\n",
             ErrorKind::Draining => "acsgate: shutting down\n",
             ErrorKind::UriTooLong => "acsgate: request URI too long\n",
+            ErrorKind::ClientTimeout => "acsgate: request body too slow\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

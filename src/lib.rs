@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod body_rate;
 pub mod catalogue;
 pub mod classify;
 pub mod cli;

@@ -3,7 +3,8 @@
 //!
 //! The request path of the proxy is a stack of layers, outermost first:
 //! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
-//! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`PeekBodyLayer`]
+//! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`BodyRateLayer`] (request
+//! body deadline and minimum rate) → [`PeekBodyLayer`]
 //! (body-dependent operations) → [`Forward`] (to the upstream).
 //!
 //! Each connection is guarded before hyper sees a request: a global cap on open connections,
@@ -39,6 +40,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::Admin;
 use crate::admission::AdmissionLayer;
+use crate::body_rate::BodyRateLayer;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
 use crate::config::{Config, Limits};
@@ -115,6 +117,8 @@ impl Gateway {
             drain_expired.clone(),
         );
 
+        let body_rate = BodyRateLayer::new(limits.body_rate);
+
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
         let proxy_addr = local_addr("proxy", &proxy, config.listen)?;
@@ -141,6 +145,7 @@ impl Gateway {
                     .layer(classify.clone())
                     .layer(record.clone())
                     .layer(admission.clone())
+                    .layer(body_rate)
                     .layer(PeekBodyLayer)
                     .service(forward.for_peer(peer))
             },

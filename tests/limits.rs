@@ -370,3 +370,53 @@ async fn a_slow_request_head_is_cut_by_the_header_timeout() {
     assert_eq!(rejections(&metrics, "header_timeout"), 1.0);
     assert_eq!(metrics.sum("acsgate_requests_total", &[]), 0.0);
 }
+
+#[tokio::test]
+async fn a_body_slower_than_its_deadline_gets_408_and_never_completes_upstream() {
+    let upstream = Upstream::ok().await;
+    let mut s = settings(&upstream.url());
+    s.request_body_timeout = Some(Duration::from_millis(800));
+    let gw = gateway(s).await;
+    let mut stream = TcpStream::connect(gw.proxy_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /chat/threads/19:a@thread.v2/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // R-U-Dead-Yet: one byte every 200 ms, never the whole body.
+    let drip = async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("x-acsgate-error: client_timeout"),
+        "{answer}"
+    );
+    assert!(
+        upstream.seen().iter().all(|seen| seen.body.len() < 100),
+        "the upstream saw a complete body"
+    );
+    let metrics = scrape(gw.admin_addr()).await;
+    assert_eq!(
+        metrics.sum(
+            "acsgate_requests_total",
+            &[("operation", "SendChatMessage"), ("status_code", "408")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum(
+            "acsgate_gateway_errors_total",
+            &[("kind", "client_timeout")]
+        ),
+        1.0
+    );
+}
