@@ -1,6 +1,10 @@
 //! [`AdmissionLayer`]: whether a request may take the gateway's resources, and for how long.
 //!
 //! What it does to a request:
+//! - requests the gateway will not forward are answered at once: `CONNECT` (405
+//!   `method_not_allowed`: the gateway is not a tunnel), the asterisk-form target of
+//!   `OPTIONS *` and a body framed as chunked twice (400 `bad_request`; RFC 9112 §6.1 forbids
+//!   applying chunked twice, and hyper lets it through);
 //! - a URI longer than the limit is answered 414 (`uri_too_long`) at once;
 //! - when `max_in_flight` requests are already being served, the request is answered 503
 //!   (`overloaded`) at once: the gateway sheds load rather than queueing without bound, so a
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
@@ -92,7 +96,9 @@ where
             .uri()
             .path_and_query()
             .map_or(0, |pq| pq.as_str().len());
-        let refusal = if uri_bytes > layer.max_uri_bytes {
+        let refusal = if let Some(kind) = unforwardable(&request) {
+            Some(kind)
+        } else if uri_bytes > layer.max_uri_bytes {
             Some(ErrorKind::UriTooLong)
         } else if layer.drain_expired.is_cancelled() {
             Some(ErrorKind::Draining)
@@ -116,6 +122,24 @@ where
         };
         AdmissionFuture { state }
     }
+}
+
+/// Why the gateway will not forward `request`, if it will not.
+fn unforwardable<B>(request: &Request<B>) -> Option<ErrorKind> {
+    if request.method() == Method::CONNECT {
+        return Some(ErrorKind::MethodNotAllowed);
+    }
+    if request.uri().path() == "*" {
+        return Some(ErrorKind::BadRequest);
+    }
+    let chunked = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    (chunked > 1).then_some(ErrorKind::BadRequest)
 }
 
 pin_project! {
@@ -227,5 +251,42 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, target: &str, te: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(target);
+        for value in te {
+            builder = builder.header(header::TRANSFER_ENCODING, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn what_is_never_forwarded() {
+        assert_eq!(
+            unforwardable(&request(Method::CONNECT, "evil.example:443", &[])),
+            Some(ErrorKind::MethodNotAllowed)
+        );
+        assert_eq!(
+            unforwardable(&request(Method::OPTIONS, "*", &[])),
+            Some(ErrorKind::BadRequest)
+        );
+        for twice in [&["chunked", "chunked"][..], &["chunked, Chunked"][..]] {
+            assert_eq!(
+                unforwardable(&request(Method::POST, "/sms", twice)),
+                Some(ErrorKind::BadRequest),
+                "{twice:?}"
+            );
+        }
+        assert_eq!(
+            unforwardable(&request(Method::POST, "/sms", &["chunked"])),
+            None
+        );
+        assert_eq!(unforwardable(&request(Method::OPTIONS, "/sms", &[])), None);
     }
 }

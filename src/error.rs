@@ -39,11 +39,18 @@ pub enum ErrorKind {
     UriTooLong,
     /// The client sent its request body too slowly (deadline or minimum rate).
     ClientTimeout,
+    /// The client went away before the response was complete (recorded as status 499).
+    ClientAbort,
+    /// The request is well-formed HTTP the gateway will not forward (asterisk-form target,
+    /// a body framed as chunked twice).
+    BadRequest,
+    /// `CONNECT`: the gateway is not a tunnel.
+    MethodNotAllowed,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
@@ -54,6 +61,9 @@ impl ErrorKind {
         ErrorKind::Draining,
         ErrorKind::UriTooLong,
         ErrorKind::ClientTimeout,
+        ErrorKind::ClientAbort,
+        ErrorKind::BadRequest,
+        ErrorKind::MethodNotAllowed,
     ];
 
     /// The label value.
@@ -69,6 +79,9 @@ impl ErrorKind {
             ErrorKind::Draining => "draining",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::ClientTimeout => "client_timeout",
+            ErrorKind::ClientAbort => "client_abort",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -85,6 +98,9 @@ impl ErrorKind {
             ErrorKind::Overloaded | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ClientAbort => StatusCode::from_u16(499).expect("499 is a valid status"),
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -142,6 +158,11 @@ impl ErrorKind {
                 }
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                // The client's own request body failed while being sent upstream: the client
+                // went away or was too slow; the upstream did nothing wrong.
+                if h.is_user() && h.source().is_some() {
+                    return ErrorKind::classify_request_body(h);
+                }
                 if h.is_timeout() {
                     return ErrorKind::Timeout;
                 }
@@ -166,6 +187,18 @@ impl ErrorKind {
         }
     }
 
+    /// Classifies the failure of a request body being streamed upstream.
+    fn classify_request_body(err: &(dyn StdError + 'static)) -> ErrorKind {
+        let mut current = Some(err);
+        while let Some(e) = current {
+            if e.is::<crate::body_rate::BodyTooSlowError>() {
+                return ErrorKind::ClientTimeout;
+            }
+            current = e.source();
+        }
+        ErrorKind::ClientAbort
+    }
+
     /// The response the gateway sends when it answers for the upstream. The body is
     /// generic on purpose: no upstream address, header or secret is ever echoed.
     pub fn response(self) -> Response<Full<Bytes>> {
@@ -181,6 +214,9 @@ impl ErrorKind {
             ErrorKind::Draining => "acsgate: shutting down\n",
             ErrorKind::UriTooLong => "acsgate: request URI too long\n",
             ErrorKind::ClientTimeout => "acsgate: request body too slow\n",
+            ErrorKind::ClientAbort => "acsgate: client closed the request\n",
+            ErrorKind::BadRequest => "acsgate: request not forwarded\n",
+            ErrorKind::MethodNotAllowed => "acsgate: CONNECT is not supported\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

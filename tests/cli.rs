@@ -152,22 +152,25 @@ async fn the_binary_serves_from_environment_settings_and_exits_0_on_sigterm() {
         .unwrap();
     let proxy_addr = format!("127.0.0.1:{proxy}").parse().unwrap();
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    // Wait for readiness.
+    // Wait for readiness, as a Kubernetes probe would.
+    let client = support::h1_client();
     let start = Instant::now();
     loop {
-        let ready = tokio::net::TcpStream::connect(admin_addr).await.is_ok();
-        if ready || start.elapsed() > Duration::from_secs(10) {
+        let probe = support::request(Method::GET, admin_addr, "/readyz", "");
+        let ready = match tokio::time::timeout(Duration::from_secs(1), client.request(probe)).await
+        {
+            Ok(Ok(response)) => response.status() == StatusCode::OK,
+            _ => false,
+        };
+        if ready {
             break;
         }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client = support::h1_client();
-    let (response, _) = support::send(
-        &client,
-        support::request(Method::GET, admin_addr, "/readyz", ""),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
     let (response, _) = support::send(
         &client,
         support::request(

@@ -5,7 +5,7 @@
 //! the response body ends, when it fails, or when it is dropped, whichever comes first:
 //!
 //! - the client goes away before the response head is ready: the service future is dropped,
-//!   and the request is recorded with status `499`;
+//!   and the request is recorded with status `499` and kind `client_abort`;
 //! - the response body ends or errors, or the client goes away while it streams: the request
 //!   is recorded with the response status (and the upstream error kind, if the body failed).
 //!
@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tower::{Layer, Service};
 
-use super::{CLIENT_CLOSED_REQUEST, OperationMetrics, OperationTable};
+use super::{OperationMetrics, OperationTable};
 use crate::catalogue::{Classification, OperationId};
 use crate::error::{BoxError, ErrorKind};
 
@@ -151,8 +151,8 @@ impl Guard {
             operation,
             start,
             // Until a response exists, the client going away is the only way to end.
-            status: StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("499 is a valid status"),
-            error: None,
+            status: ErrorKind::ClientAbort.status(),
+            error: Some(ErrorKind::ClientAbort),
         }
     }
 

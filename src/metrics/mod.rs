@@ -31,9 +31,6 @@ pub const DEFAULT_BUCKETS: [f64; 17] = [
     60.0,
 ];
 
-/// Status code recorded when the client goes away before the response head is ready (as nginx).
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
-
 /// The gateway's metric families, registered in their own registry.
 #[derive(Clone)]
 pub struct Metrics {

@@ -52,6 +52,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes headers whose names contain `_`. Many servers (CGI, nginx by default) fold `_`
+/// into `-`, so `x_ms_date` next to `x-ms-date` could let a client smuggle a second value past
+/// whatever checks the dashed one; no ACS header has an underscore.
+pub fn remove_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
+}
+
 /// Adds `X-Forwarded-For` (appending to a list the client already sent), `X-Forwarded-Proto`
 /// and `X-Forwarded-Host` (the authority the client addressed, when known).
 pub fn add_forwarded(
@@ -114,6 +131,14 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "traceparent", "x-ms-date"]);
+    }
+
+    #[test]
+    fn underscored_names_are_dropped() {
+        let mut headers = map(&[("x-ms-date", "a"), ("x_ms_date", "b"), ("x_other", "c")]);
+        remove_underscored(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-ms-date"]);
     }
 
     #[test]

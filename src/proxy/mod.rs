@@ -1,7 +1,8 @@
 //! [`Forward`]: the innermost service, which sends each request to the upstream ACS endpoint
 //! and streams the answer back.
 //!
-//! What it does to a request: drops hop-by-hop headers, points the URI at the upstream (only
+//! What it does to a request: drops hop-by-hop headers and headers with `_` in their name,
+//! points the URI at the upstream (only
 //! the client's path and query are kept, so neither `Host` nor an absolute-form URI can steer
 //! it elsewhere), lets the client set `Host` to the upstream authority, adds `X-Forwarded-*`,
 //! and passes everything else (`Authorization`, `x-ms-*`, `traceparent`…) untouched. The body
@@ -181,6 +182,7 @@ where
             HeaderValue::from_str(authority.as_str()).ok()
         });
         headers::remove_hop_by_hop(&mut parts.headers);
+        headers::remove_underscored(&mut parts.headers);
         // The client sets Host from the URI: the upstream's authority, as TLS SNI needs.
         parts.headers.remove(http::header::HOST);
         headers::add_forwarded(
