@@ -32,9 +32,10 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
 use crate::config::Config;
 use crate::error::BoxError;
+use crate::events::EventsListener;
 use crate::metrics::{Metrics, RecordLayer};
-use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
+use crate::proxy::{BadRoutePolicy, Forward};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,8 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    // --- inbound events (issue 4) ---
+    events: Option<EventsListener>,
 }
 
 impl Gateway {
@@ -94,13 +97,40 @@ impl Gateway {
             Arc::clone(&catalogue),
             "http",
         );
-        let classify = ClassifyLayer::new(catalogue);
+        let classify = ClassifyLayer::new(Arc::clone(&catalogue));
         let record = RecordLayer::new(table);
 
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
         let proxy_addr = local_addr("proxy", &proxy, config.listen)?;
         let admin_addr = local_addr("admin", &admin, config.admin)?;
+
+        // --- inbound events (issue 4): an optional listener in front of the app's webhook ---
+        let events = match &config.events {
+            Some(events) => {
+                let listener = bind("events", events.listen).await?;
+                let addr = local_addr("events", &listener, events.listen)?;
+                let forward = Forward::new(
+                    client::build(&config.client)?,
+                    events.forward_to.clone(),
+                    config.timeouts,
+                    BadRoutePolicy::Forward,
+                    catalogue,
+                    "http",
+                );
+                let builder = connection_builder(config.header_read_timeout);
+                Some(EventsListener::spawn(
+                    listener,
+                    addr,
+                    events,
+                    &metrics,
+                    forward,
+                    builder,
+                    config.drain_timeout,
+                ))
+            }
+            None => None,
+        };
 
         let ready = Arc::new(AtomicBool::new(false));
         let (stop_proxy, proxy_stopped) = watch::channel(false);
@@ -139,6 +169,7 @@ impl Gateway {
             stop_admin,
             proxy_task,
             admin_task,
+            events,
         })
     }
 
@@ -152,6 +183,11 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// The bound events listener address, when one is configured.
+    pub fn events_addr(&self) -> Option<SocketAddr> {
+        self.events.as_ref().map(EventsListener::addr)
+    }
+
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -163,6 +199,9 @@ impl Gateway {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop_proxy.send(true);
         let _ = self.proxy_task.await;
+        if let Some(events) = self.events {
+            events.shutdown().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!("acsgate stopped");
