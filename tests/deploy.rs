@@ -7,13 +7,13 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use acsgate::cli::Cli;
-use acsgate::config::{DEFAULT_ADMIN, DEFAULT_LISTEN};
+use acsgate::config::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
 use support::{Upstream, gateway, h1_client, request, send, settings};
 
 /// Variables of options still being added on other branches (issue 3's HMAC re-signing).
@@ -109,18 +109,30 @@ async fn kubernetes_sidecar_matches_the_gateway() {
     let key = &env(sidecar, "ACSGATE_UPSTREAM_ACCESS_KEY")["valueFrom"]["secretKeyRef"];
     assert!(key["name"].is_string() && key["key"].is_string(), "{key:?}");
 
-    // Every ACSGATE_* variable is one the binary reads.
-    let known: Vec<String> = Cli::command()
-        .get_arguments()
-        .filter_map(|arg| arg.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
+    // Every ACSGATE_* variable is an option of the binary, and together they are a valid
+    // configuration: each is passed as the flag clap reads that variable for.
+    let command = Cli::command();
+    let mut args = vec!["acsgate".to_owned()];
     for var in sidecar["env"].as_sequence().unwrap() {
         let name = str_of(&var["name"], "env name");
-        assert!(
-            known.iter().any(|k| k == name) || PENDING_ENV.contains(&name),
-            "{name} is not an acsgate option"
-        );
+        if PENDING_ENV.contains(&name) {
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|e| e == name))
+            .unwrap_or_else(|| panic!("{name} is not an acsgate option"));
+        args.push(format!("--{}", arg.get_long().expect("a long flag")));
+        args.push(str_of(&var["value"], name).to_owned());
     }
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let config = Config::from_settings(cli.merged_settings().unwrap())
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let events = config.events.expect("the example runs the events listener");
+    assert_eq!(
+        port_of(sidecar, &Value::from("events")),
+        events.listen.port()
+    );
 
     // The app reaches the sidecar on the default proxy listener.
     let app = &pod["spec"]["containers"][0];
