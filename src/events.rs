@@ -19,6 +19,8 @@
 //! subscription validation and deletion events, and requests other than POST (the CloudEvents
 //! validation handshake is an OPTIONS), are forwarded without being counted: the handshake's
 //! answer goes back to Event Grid as the webhook gave it.
+//! A delivery whose sender hangs up before the webhook answers is not counted: Event Grid
+//! retries it, and the retry is.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
