@@ -29,23 +29,23 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
+use crate::catalogue::Catalogue;
+use crate::config::Config;
 use crate::error::{BoxError, ERROR_HEADER, ErrorKind};
 use crate::metrics::{Metrics, OperationMetrics};
-use crate::proxy::{Forward, Upstream};
-use crate::server;
+use crate::proxy::client;
+use crate::proxy::{BadRoutePolicy, Forward, Upstream};
+use crate::server::{self, StartError};
 
 /// Default limit on an event delivery's body, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -521,28 +521,36 @@ pub struct EventsListener {
 }
 
 impl EventsListener {
-    /// Serves `listener` (bound to `addr`): counts deliveries into `metrics` and forwards them
-    /// with `forward`.
-    pub(crate) fn spawn(
-        listener: TcpListener,
-        addr: SocketAddr,
-        config: &EventsConfig,
+    /// Binds `events.listen` and serves it: counts deliveries into `metrics` and forwards them
+    /// to the webhook with the gateway's client settings and timeouts.
+    pub(crate) async fn start(
+        events: &EventsConfig,
+        config: &Config,
         metrics: &Metrics,
-        forward: Forward<Full<Bytes>>,
-        builder: auto::Builder<TokioExecutor>,
-        drain: Duration,
-    ) -> EventsListener {
-        let count = CountEventsLayer::new(Arc::new(EventTable::bind(metrics)), config.body_limit);
+        catalogue: Arc<Catalogue>,
+    ) -> Result<EventsListener, StartError> {
+        let listener = server::bind("events", events.listen).await?;
+        let addr = server::local_addr("events", &listener, events.listen)?;
+        // The catalogue only matters to a forwarder that rejects bad routes; this one never does.
+        let forward = Forward::<Full<Bytes>>::new(
+            client::build(&config.client)?,
+            events.forward_to.clone(),
+            config.timeouts,
+            BadRoutePolicy::Forward,
+            catalogue,
+            "http",
+        );
+        let count = CountEventsLayer::new(Arc::new(EventTable::bind(metrics)), events.body_limit);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(server::serve(
             listener,
-            builder,
+            server::connection_builder(config.header_read_timeout),
             move |peer| count.layer(forward.for_peer(peer)),
             stopped,
-            drain,
+            config.drain_timeout,
         ));
-        tracing::info!(%addr, webhook = %config.forward_to.authority, "events listener serving");
-        EventsListener { addr, stop, task }
+        tracing::info!(%addr, webhook = %events.forward_to.authority, "events listener serving");
+        Ok(EventsListener { addr, stop, task })
     }
 
     /// The bound address.

@@ -34,8 +34,8 @@ use crate::config::Config;
 use crate::error::BoxError;
 use crate::events::EventsListener;
 use crate::metrics::{Metrics, RecordLayer};
+use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
-use crate::proxy::{BadRoutePolicy, Forward};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,28 +107,7 @@ impl Gateway {
 
         // --- inbound events (issue 4): an optional listener in front of the app's webhook ---
         let events = match &config.events {
-            Some(events) => {
-                let listener = bind("events", events.listen).await?;
-                let addr = local_addr("events", &listener, events.listen)?;
-                let forward = Forward::new(
-                    client::build(&config.client)?,
-                    events.forward_to.clone(),
-                    config.timeouts,
-                    BadRoutePolicy::Forward,
-                    catalogue,
-                    "http",
-                );
-                let builder = connection_builder(config.header_read_timeout);
-                Some(EventsListener::spawn(
-                    listener,
-                    addr,
-                    events,
-                    &metrics,
-                    forward,
-                    builder,
-                    config.drain_timeout,
-                ))
-            }
+            Some(events) => Some(EventsListener::start(events, config, &metrics, catalogue).await?),
             None => None,
         };
 
@@ -215,13 +194,13 @@ impl Gateway {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-fn local_addr(
+pub(crate) fn local_addr(
     what: &'static str,
     listener: &TcpListener,
     addr: SocketAddr,
