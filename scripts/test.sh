@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
 # formatting, lints, the ring-only TLS guard, then every unit and end-to-end test.
-# Tests use loopback sockets only and need nothing beyond the Rust toolchain.
+# Tests use loopback sockets only; besides the Rust toolchain they need a real Prometheus
+# (prometheus and promtool, from Debian's package), installed here when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,14 @@ if cargo tree --locked -i aws-lc-rs >/dev/null 2>&1; then
     exit 1
 fi
 echo "ok: aws-lc-rs absent"
+
+step "prometheus and promtool (tests/prometheus.rs runs a real server)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    # The package's service does not start in a container (policy-rc.d); the tests start their own.
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
+prometheus --version 2>&1 | sed -n 1p
 
 step "cargo test"
 cargo test --locked --no-fail-fast

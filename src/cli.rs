@@ -1,5 +1,6 @@
 //! The command line: `acsgate [run]`, `acsgate demo`, `acsgate check-config FILE`,
-//! `acsgate routes`. Every gateway option is global, so it can follow any subcommand.
+//! `acsgate routes`, `acsgate healthcheck`. Every gateway option is global, so it can follow
+//! any subcommand.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,6 +61,9 @@ pub enum Command {
     },
     /// Print the operation catalogue: api, operation, method, path template
     Routes,
+    /// Ask a running gateway's admin listener (--admin) for /healthz: exit 0 when healthy,
+    /// 1 when not (a container HEALTHCHECK; 0.0.0.0 is asked on loopback)
+    Healthcheck,
 }
 
 /// Options of `acsgate demo`.

@@ -12,6 +12,7 @@ use http::Uri;
 use http::uri::Scheme;
 
 use crate::body_rate::{BodyRate, RATE_GRACE};
+use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
 use crate::metrics::DEFAULT_BUCKETS;
 use crate::proxy::client::ClientSettings;
 use crate::proxy::{BadRoutePolicy, ForwardTimeouts, Upstream};
@@ -124,6 +125,20 @@ pub struct Settings {
     /// [default: 1024]
     #[arg(long, env = "ACSGATE_REQUEST_BODY_MIN_RATE", global = true)]
     pub request_body_min_rate: Option<u64>,
+    // --- inbound events (issue 4) ---
+    /// Listener for Event Grid deliveries, counted per event and forwarded to
+    /// --events-forward-to [default: off]
+    #[arg(long, env = "ACSGATE_EVENTS_LISTEN", global = true)]
+    pub events_listen: Option<SocketAddr>,
+
+    /// The app's Event Grid webhook endpoint, e.g. http://127.0.0.1:3000 (the request path is
+    /// kept)
+    #[arg(long, env = "ACSGATE_EVENTS_FORWARD_TO", global = true)]
+    pub events_forward_to: Option<String>,
+
+    /// Largest event delivery taken, in bytes; larger ones get 413 [default: 1048576]
+    #[arg(long, env = "ACSGATE_EVENTS_BODY_LIMIT", global = true)]
+    pub events_body_limit: Option<usize>,
 }
 
 impl Settings {
@@ -169,6 +184,10 @@ impl Settings {
             max_uri_bytes: self.max_uri_bytes.or(lower.max_uri_bytes),
             request_body_timeout: self.request_body_timeout.or(lower.request_body_timeout),
             request_body_min_rate: self.request_body_min_rate.or(lower.request_body_min_rate),
+            // --- inbound events (issue 4) ---
+            events_listen: self.events_listen.or(lower.events_listen),
+            events_forward_to: self.events_forward_to.or(lower.events_forward_to),
+            events_body_limit: self.events_body_limit.or(lower.events_body_limit),
         }
     }
 }
@@ -247,6 +266,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Duration histogram buckets, seconds.
     pub buckets: Vec<f64>,
+    // --- inbound events (issue 4) ---
+    /// The events listener, when configured.
+    pub events: Option<EventsConfig>,
     /// Client-side limits.
     pub limits: Limits,
 }
@@ -341,6 +363,7 @@ impl Config {
             ));
         }
         let limits = Limits::from_settings(&settings)?;
+        let events = events_config(&settings, listen, admin)?;
         let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
         validate_buckets(&buckets)?;
         Ok(Config {
@@ -389,8 +412,53 @@ impl Config {
             )?,
             buckets,
             limits,
+            events,
         })
     }
+}
+
+/// The events listener's settings: both addresses or neither, on a port of its own.
+fn events_config(
+    settings: &Settings,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<Option<EventsConfig>, ConfigError> {
+    let (addr, forward_to) = match (settings.events_listen, &settings.events_forward_to) {
+        (None, None) => return Ok(None),
+        (Some(addr), Some(forward_to)) => (addr, forward_to),
+        (Some(_), None) => {
+            return Err(invalid(
+                "events_forward_to",
+                "events_listen is set: say where the app's webhook is",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "events_listen",
+                "events_forward_to is set: say where Event Grid delivers",
+            ));
+        }
+    };
+    if addr.port() != 0 && (addr == listen || addr == admin) {
+        return Err(invalid(
+            "events_listen",
+            format!("{addr} is already the proxy or admin listener"),
+        ));
+    }
+    // The same rules as the upstream (https, or http to loopback), reported under this key.
+    let forward_to = parse_upstream(forward_to).map_err(|error| match error {
+        ConfigError::Invalid { message, .. } => invalid("events_forward_to", message),
+        other => other,
+    })?;
+    let body_limit = settings.events_body_limit.unwrap_or(DEFAULT_BODY_LIMIT);
+    if body_limit == 0 {
+        return Err(invalid("events_body_limit", "must be at least one byte"));
+    }
+    Ok(Some(EventsConfig {
+        listen: addr,
+        forward_to,
+        body_limit,
+    }))
 }
 
 /// Parses the upstream URL. Plain `http` is allowed only to a loopback address (tests, demo):
@@ -566,5 +634,37 @@ mod tests {
         };
         let err = Config::from_settings(settings).unwrap_err().to_string();
         assert!(err.contains("`connect_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn events_listener_needs_both_addresses() {
+        let with = |listen: Option<&str>, forward_to: Option<&str>| Settings {
+            events_listen: listen.map(|l| l.parse().unwrap()),
+            events_forward_to: forward_to.map(String::from),
+            ..with_upstream("https://a.b")
+        };
+        let config = Config::from_settings(with(None, None)).unwrap();
+        assert!(config.events.is_none());
+        let config =
+            Config::from_settings(with(Some("0.0.0.0:8090"), Some("http://127.0.0.1:3000")))
+                .unwrap();
+        let events = config.events.unwrap();
+        assert_eq!(events.forward_to.authority, "127.0.0.1:3000");
+        assert_eq!(events.body_limit, 1 << 20);
+        for (settings, key) in [
+            (with(Some("0.0.0.0:8090"), None), "`events_forward_to`"),
+            (with(None, Some("http://127.0.0.1:3000")), "`events_listen`"),
+            (
+                with(Some("0.0.0.0:8090"), Some("http://10.0.0.1:3000")),
+                "`events_forward_to`",
+            ),
+            (
+                with(Some("127.0.0.1:9464"), Some("http://127.0.0.1:3000")),
+                "`events_listen`",
+            ),
+        ] {
+            let err = Config::from_settings(settings).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }

@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
+pub mod healthcheck;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

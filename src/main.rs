@@ -7,7 +7,7 @@ use clap::Parser;
 
 use acsgate::catalogue::Catalogue;
 use acsgate::cli::{Cli, Command, LogFormat};
-use acsgate::config::{Config, Settings};
+use acsgate::config::{Config, DEFAULT_ADMIN, Settings};
 use acsgate::server::Gateway;
 
 fn main() -> ExitCode {
@@ -41,6 +41,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let catalogue = load_catalogue(&settings)?;
             print!("{}", acsgate::cli::render_routes(&catalogue));
             Ok(())
+        }
+        Command::Healthcheck => {
+            let admin = settings
+                .admin
+                .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"));
+            acsgate::healthcheck::check(admin, std::time::Duration::from_secs(3))
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -45,6 +45,7 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
 use crate::config::{Config, Limits};
 use crate::error::BoxError;
+use crate::events::EventsListener;
 use crate::metrics::{Metrics, ProtocolRejections, RecordLayer, RejectionReason};
 use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
@@ -83,6 +84,8 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    // --- inbound events (issue 4) ---
+    events: Option<EventsListener>,
 }
 
 impl Gateway {
@@ -107,7 +110,7 @@ impl Gateway {
             Arc::clone(&catalogue),
             "http",
         );
-        let classify = ClassifyLayer::new(catalogue);
+        let classify = ClassifyLayer::new(Arc::clone(&catalogue));
         let record = RecordLayer::new(table);
         let drain_expired = CancellationToken::new();
         let limits = config.limits;
@@ -124,18 +127,18 @@ impl Gateway {
         let proxy_addr = local_addr("proxy", &proxy, config.listen)?;
         let admin_addr = local_addr("admin", &admin, config.admin)?;
 
+        // --- inbound events (issue 4): an optional listener in front of the app's webhook ---
+        let events = match &config.events {
+            Some(events) => Some(EventsListener::start(events, config, &metrics, catalogue).await?),
+            None => None,
+        };
+
         let ready = Arc::new(AtomicBool::new(false));
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
 
-        let proxy_policy = ConnectionPolicy {
-            builder: connection_builder(config.header_read_timeout, &limits),
-            max_connections: Arc::new(Semaphore::new(limits.max_connections)),
-            handshake_timeout: limits.handshake_timeout,
-            rejections: Some(metrics.protocol_rejections()),
-            drain: config.drain_timeout,
-            drain_expired,
-        };
+        let proxy_policy =
+            ConnectionPolicy::guarded(config, metrics.protocol_rejections(), drain_expired);
         let admin_policy = ConnectionPolicy::plain(config.header_read_timeout);
         let proxy_task = tokio::spawn(serve(
             proxy,
@@ -169,6 +172,7 @@ impl Gateway {
             stop_admin,
             proxy_task,
             admin_task,
+            events,
         })
     }
 
@@ -180,6 +184,11 @@ impl Gateway {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound events listener address, when one is configured.
+    pub fn events_addr(&self) -> Option<SocketAddr> {
+        self.events.as_ref().map(EventsListener::addr)
     }
 
     /// The gateway's metrics.
@@ -194,6 +203,9 @@ impl Gateway {
         let _ = self.stop_proxy.send(true);
         if let Err(error) = (&mut self.proxy_task).await {
             tracing::error!(%error, "proxy listener task failed");
+        }
+        if let Some(events) = self.events.take() {
+            events.shutdown().await;
         }
     }
 
@@ -215,13 +227,13 @@ impl Gateway {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-fn local_addr(
+pub(crate) fn local_addr(
     what: &'static str,
     listener: &TcpListener,
     addr: SocketAddr,
@@ -274,6 +286,23 @@ pub(crate) struct ConnectionPolicy {
 }
 
 impl ConnectionPolicy {
+    /// The configured limits, for listeners clients reach (the proxy, the events listener).
+    pub(crate) fn guarded(
+        config: &Config,
+        rejections: ProtocolRejections,
+        drain_expired: CancellationToken,
+    ) -> Self {
+        let limits = &config.limits;
+        ConnectionPolicy {
+            builder: connection_builder(config.header_read_timeout, limits),
+            max_connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshake_timeout: limits.handshake_timeout,
+            rejections: Some(rejections),
+            drain: config.drain_timeout,
+            drain_expired,
+        }
+    }
+
     /// Defaults for listeners nobody hostile should reach (admin, the demo's simulated ACS).
     pub(crate) fn plain(header_read_timeout: Duration) -> Self {
         let limits = Limits::default();

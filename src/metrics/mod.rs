@@ -171,29 +171,48 @@ impl Metrics {
         let apis: Vec<Arc<ApiMetrics>> = catalogue
             .apis()
             .iter()
-            .map(|api| {
-                let name = [api.name.as_str()];
-                Arc::new(ApiMetrics {
-                    in_flight: self.in_flight.with_label_values(&name),
-                    request_bytes: self.request_bytes.with_label_values(&name),
-                    response_bytes: self.response_bytes.with_label_values(&name),
-                })
-            })
+            .map(|api| Arc::new(self.api_metrics(&api.name)))
             .collect();
         let operations = catalogue
             .operations()
             .iter()
-            .map(|op| OperationMetrics {
-                api_name: catalogue.api(op.api).name.clone(),
-                name: op.name.clone(),
-                api: Arc::clone(&apis[op.api.index()]),
-                families: self.clone(),
-                requests: std::array::from_fn(|_| OnceLock::new()),
-                durations: std::array::from_fn(|_| OnceLock::new()),
-                errors: std::array::from_fn(|_| OnceLock::new()),
+            .map(|op| {
+                let api = Arc::clone(&apis[op.api.index()]);
+                self.operation_metrics(&catalogue.api(op.api).name, &op.name, api)
             })
             .collect();
         OperationTable { operations }
+    }
+
+    /// Resolves the handles of one operation named outside the catalogue (inbound events).
+    pub fn bind_named(&self, api: &str, operation: &str) -> OperationMetrics {
+        self.operation_metrics(api, operation, Arc::new(self.api_metrics(api)))
+    }
+
+    fn api_metrics(&self, api: &str) -> ApiMetrics {
+        let name = [api];
+        ApiMetrics {
+            in_flight: self.in_flight.with_label_values(&name),
+            request_bytes: self.request_bytes.with_label_values(&name),
+            response_bytes: self.response_bytes.with_label_values(&name),
+        }
+    }
+
+    fn operation_metrics(
+        &self,
+        api_name: &str,
+        name: &str,
+        api: Arc<ApiMetrics>,
+    ) -> OperationMetrics {
+        OperationMetrics {
+            api_name: api_name.to_owned(),
+            name: name.to_owned(),
+            api,
+            families: self.clone(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            durations: std::array::from_fn(|_| OnceLock::new()),
+            errors: std::array::from_fn(|_| OnceLock::new()),
+        }
     }
 }
 

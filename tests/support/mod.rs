@@ -23,7 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use acsgate::catalogue::Catalogue;
+use acsgate::catalogue::{Catalogue, Route};
 use acsgate::config::{Config, Settings};
 use acsgate::demo::scrape::{self, Sample};
 use acsgate::server::Gateway;
@@ -219,6 +219,29 @@ pub fn request(
         .uri(format!("http://{addr}{path}"))
         .body(Full::new(body.into()))
         .unwrap()
+}
+
+/// A request for a catalogue route on `addr`: ids filled in, an `api-version` the route
+/// accepts, and a small JSON body where the method carries one (Rooms participant PATCHes get
+/// a role, or the body rule would name them RemoveParticipants).
+pub fn route_request(route: &Route, addr: SocketAddr) -> Request<Full<Bytes>> {
+    let version = route
+        .when_api_version
+        .first()
+        .or(route.api_versions.last())
+        .cloned()
+        .unwrap_or_default();
+    let path = format!("{}?api-version={version}", ids::fill(&route.template));
+    let method = &route.method;
+    let body: &'static [u8] =
+        if method == Method::PATCH && route.template.ends_with("/participants") {
+            br#"{"participants":{"8:acs:x":{"role":"Presenter"}}}"#
+        } else if method == Method::POST || method == Method::PATCH || method == Method::PUT {
+            br#"{"k":"v"}"#
+        } else {
+            b""
+        };
+    request(method.clone(), addr, &path, Bytes::from_static(body))
 }
 
 /// Scrapes `/metrics` from the admin address and parses it.
