@@ -31,17 +31,26 @@ pub enum ErrorKind {
     Protocol,
     /// The request was for an unknown route and `bad_route = "reject"` is set.
     BadRoute,
+    /// An HMAC-signed request whose caller signature is missing or wrong (answered 401).
+    Auth,
+    /// A signed request body larger than `max_signed_body` (answered 413).
+    TooLarge,
+    /// A signed request body that could not be read from the client (answered 400).
+    BadRequest,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Protocol,
         ErrorKind::BadRoute,
+        ErrorKind::Auth,
+        ErrorKind::TooLarge,
+        ErrorKind::BadRequest,
     ];
 
     /// The label value.
@@ -53,6 +62,9 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
             ErrorKind::BadRoute => "bad_route",
+            ErrorKind::Auth => "auth",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::BadRequest => "bad_request",
         }
     }
 
@@ -66,15 +78,22 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Auth => StatusCode::UNAUTHORIZED,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
         }
     }
 
-    /// Whether this kind counts as an upstream failure (a rejected bad route does not).
+    /// Whether this kind counts as an upstream failure; the others are the gateway refusing
+    /// a request (bad route, caller authentication, body too large or unreadable).
     pub fn is_upstream(self) -> bool {
-        self != ErrorKind::BadRoute
+        !matches!(
+            self,
+            ErrorKind::BadRoute | ErrorKind::Auth | ErrorKind::TooLarge | ErrorKind::BadRequest
+        )
     }
 
     /// Classifies an error from the upstream client or an upstream body by walking its
@@ -143,6 +162,9 @@ impl ErrorKind {
             ErrorKind::Reset => "acsgate: upstream closed the connection\n",
             ErrorKind::Protocol => "acsgate: upstream sent an invalid response\n",
             ErrorKind::BadRoute => "acsgate: unknown ACS operation\n",
+            ErrorKind::Auth => "acsgate: caller signature missing or invalid\n",
+            ErrorKind::TooLarge => "acsgate: signed request body too large\n",
+            ErrorKind::BadRequest => "acsgate: request body could not be read\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

@@ -7,6 +7,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 pub mod admin;
+pub mod auth;
 pub mod catalogue;
 pub mod classify;
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tls;

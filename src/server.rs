@@ -3,7 +3,9 @@
 //!
 //! The request path of the proxy is a stack of layers, outermost first:
 //! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
+//! [`SignLayer`] (verify the caller's HMAC signature, re-sign for the upstream) →
 //! [`PeekBodyLayer`] (body-dependent operations) → [`Forward`] (to the upstream).
+//! With TLS configured, the proxy listener's handshakes run in each connection's own task.
 //!
 //! Shutdown follows hyper-util's graceful example: stop accepting at once, let in-flight
 //! requests finish up to the drain deadline (HTTP/2 gets GOAWAY, HTTP/1 closes after the
@@ -28,6 +30,7 @@ use tokio::task::JoinHandle;
 use tower::{Service, ServiceBuilder};
 
 use crate::admin::Admin;
+use crate::auth::SignLayer;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
 use crate::config::Config;
@@ -35,6 +38,7 @@ use crate::error::BoxError;
 use crate::metrics::{Metrics, RecordLayer};
 use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
+use crate::tls::{TlsAccept, TlsError};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,9 @@ pub enum StartError {
     /// The metric families could not be created.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The proxy listener's certificate could not be loaded.
+    #[error("proxy listener TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -92,8 +99,23 @@ impl Gateway {
             config.timeouts,
             config.bad_route,
             Arc::clone(&catalogue),
-            "http",
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         );
+        let sign = SignLayer::new(&config.auth, &config.upstream);
+        if config.auth.resign.is_none() {
+            tracing::warn!(
+                "no access keys configured: HMAC-signed calls pass through unchanged and ACS \
+                 will refuse them unless signed for its own host (see ACSGATE_UPSTREAM_ACCESS_KEY)"
+            );
+        }
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAccept::start(files.clone(), config.header_read_timeout)?),
+            None => None,
+        };
         let classify = ClassifyLayer::new(catalogue);
         let record = RecordLayer::new(table);
 
@@ -109,11 +131,13 @@ impl Gateway {
         let builder = connection_builder(config.header_read_timeout);
         let proxy_task = tokio::spawn(serve(
             proxy,
+            tls,
             builder.clone(),
             move |peer| {
                 ServiceBuilder::new()
                     .layer(classify.clone())
                     .layer(record.clone())
+                    .layer(sign.clone())
                     .layer(PeekBodyLayer)
                     .service(forward.for_peer(peer))
             },
@@ -123,6 +147,7 @@ impl Gateway {
         let admin_service = Admin::new(metrics.clone(), Arc::clone(&ready));
         let admin_task = tokio::spawn(serve(
             admin,
+            None,
             builder,
             move |_| admin_service.clone(),
             admin_stopped,
@@ -209,9 +234,11 @@ pub(crate) fn connection_builder(header_read_timeout: Duration) -> auto::Builder
     builder
 }
 
-/// Accepts connections until `stop` fires, then drains them for at most `drain`.
+/// Accepts connections until `stop` fires, then drains them for at most `drain`. With `tls`,
+/// each connection's handshake runs in its own task, so a slow one never holds up accepting.
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
+    tls: Option<TlsAccept>,
     builder: auto::Builder<TokioExecutor>,
     make_service: M,
     mut stop: watch::Receiver<bool>,
@@ -234,13 +261,35 @@ pub(crate) async fn serve<M, S, B>(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(make_service(peer));
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
+                    match &tls {
+                        Some(tls) => {
+                            let (tls, builder) = (tls.clone(), builder.clone());
+                            let watcher = graceful.watcher();
+                            tokio::spawn(async move {
+                                let stream = match tls.accept(stream).await {
+                                    Ok(stream) => stream,
+                                    Err(error) => {
+                                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                                        return;
+                                    }
+                                };
+                                let connection =
+                                    builder.serve_connection(TokioIo::new(stream), service);
+                                if let Err(error) = watcher.watch(connection.into_owned()).await {
+                                    tracing::debug!(%peer, %error, "connection ended with an error");
+                                }
+                            });
                         }
-                    });
+                        None => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service);
+                            let connection = graceful.watch(connection.into_owned());
+                            tokio::spawn(async move {
+                                if let Err(error) = connection.await {
+                                    tracing::debug!(%peer, %error, "connection ended with an error");
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.

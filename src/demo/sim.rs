@@ -76,6 +76,7 @@ async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, stop: watch::Receiver
     let builder = server::connection_builder(Duration::from_secs(10));
     server::serve(
         listener,
+        None,
         builder,
         move |_| service.clone(),
         stop,

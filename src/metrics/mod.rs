@@ -44,6 +44,7 @@ pub struct Metrics {
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     upstream_errors: IntCounterVec,
+    gateway_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +94,13 @@ impl Metrics {
             ),
             &["api", "operation", "kind"],
         )?;
+        let gateway_errors = IntCounterVec::new(
+            Opts::new(
+                "acsgate_gateway_errors_total",
+                "Requests the gateway refused itself (bad route, caller auth, body too large), by kind.",
+            ),
+            &["api", "operation", "kind"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "acsgate_build_info",
@@ -110,6 +118,7 @@ impl Metrics {
         registry.register(Box::new(request_bytes.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(gateway_errors.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -123,6 +132,7 @@ impl Metrics {
             request_bytes,
             response_bytes,
             upstream_errors,
+            gateway_errors,
         })
     }
 
@@ -162,7 +172,7 @@ impl Metrics {
                 families: self.clone(),
                 requests: std::array::from_fn(|_| OnceLock::new()),
                 durations: std::array::from_fn(|_| OnceLock::new()),
-                upstream_errors: std::array::from_fn(|_| OnceLock::new()),
+                errors: std::array::from_fn(|_| OnceLock::new()),
             })
             .collect();
         OperationTable { operations }
@@ -243,7 +253,7 @@ pub struct OperationMetrics {
     families: Metrics,
     requests: [OnceLock<IntCounter>; STATUS_SLOTS],
     durations: [OnceLock<Histogram>; 5],
-    upstream_errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
+    errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
 }
 
 impl OperationMetrics {
@@ -275,14 +285,15 @@ impl OperationMetrics {
                     .with_label_values(&[labels[0], labels[1], class])
             })
             .observe(elapsed.as_secs_f64());
-        if let Some(kind) = error.filter(|kind| kind.is_upstream()) {
-            self.upstream_errors[kind.index()]
+        if let Some(kind) = error {
+            self.errors[kind.index()]
                 .get_or_init(|| {
-                    self.families.upstream_errors.with_label_values(&[
-                        labels[0],
-                        labels[1],
-                        kind.as_str(),
-                    ])
+                    let family = if kind.is_upstream() {
+                        &self.families.upstream_errors
+                    } else {
+                        &self.families.gateway_errors
+                    };
+                    family.with_label_values(&[labels[0], labels[1], kind.as_str()])
                 })
                 .inc();
         }
