@@ -12,20 +12,9 @@ use tokio::net::TcpStream;
 
 use acsgate::error::ERROR_HEADER;
 use support::{
-    Upstream, gateway, h1_client, h2_client, json, request, scrape, scrape_until, send, settings,
+    Upstream, body_for, gateway, h1_client, h2_client, json, request, route_path, scrape,
+    scrape_until, send, settings,
 };
-
-/// The body to send for a route: Rooms participant PATCHes need a role, or the body rule would
-/// turn them into RemoveParticipants.
-fn body_for(method: &Method, template: &str) -> Bytes {
-    if method == Method::PATCH && template.ends_with("/participants") {
-        Bytes::from_static(br#"{"participants":{"8:acs:x":{"role":"Presenter"}}}"#)
-    } else if method == Method::POST || method == Method::PATCH || method == Method::PUT {
-        Bytes::from_static(br#"{"k":"v"}"#)
-    } else {
-        Bytes::new()
-    }
-}
 
 #[tokio::test]
 async fn every_catalogue_route_is_named_and_counted_over_h1_and_h2() {
@@ -35,16 +24,7 @@ async fn every_catalogue_route_is_named_and_counted_over_h1_and_h2() {
     let mut expected: BTreeMap<(String, String), f64> = BTreeMap::new();
     for client in [h1_client(), h2_client()] {
         for route in catalogue.routes() {
-            let version = route
-                .when_api_version
-                .first()
-                .or(route.api_versions.last())
-                .cloned()
-                .unwrap_or_default();
-            let path = format!(
-                "{}?api-version={version}",
-                support::ids::fill(&route.template)
-            );
+            let path = route_path(route);
             let body = body_for(&route.method, &route.template);
             let (response, _) = send(
                 &client,

@@ -2,7 +2,9 @@
 //! `/metrics` scraper. Everything binds `127.0.0.1:0` and stops when dropped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod acs_hmac;
 pub mod ids;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -219,6 +221,29 @@ pub fn request(
         .uri(format!("http://{addr}{path}"))
         .body(Full::new(body.into()))
         .unwrap()
+}
+
+/// The body to send for a route: Rooms participant PATCHes need a role, or the body rule would
+/// turn them into RemoveParticipants.
+pub fn body_for(method: &Method, template: &str) -> Bytes {
+    if method == Method::PATCH && template.ends_with("/participants") {
+        Bytes::from_static(br#"{"participants":{"8:acs:x":{"role":"Presenter"}}}"#)
+    } else if method == Method::POST || method == Method::PATCH || method == Method::PUT {
+        Bytes::from_static(br#"{"k":"v"}"#)
+    } else {
+        Bytes::new()
+    }
+}
+
+/// A path and query that reaches `route`: ids filled in, and the api-version that selects it.
+pub fn route_path(route: &acsgate::catalogue::Route) -> String {
+    let version = route
+        .when_api_version
+        .first()
+        .or(route.api_versions.last())
+        .cloned()
+        .unwrap_or_default();
+    format!("{}?api-version={version}", ids::fill(&route.template))
 }
 
 /// Scrapes `/metrics` from the admin address and parses it.
