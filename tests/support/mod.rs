@@ -196,10 +196,13 @@ pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Sends a request and collects the response, with a 10 s limit.
-pub async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+pub async fn send<C>(
+    client: &Client<C, Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> (Response<()>, Bytes) {
+) -> (Response<()>, Bytes)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("response within 10 s")
