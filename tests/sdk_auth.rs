@@ -179,6 +179,35 @@ async fn a_signed_body_over_the_limit_gets_413_and_nothing_is_forwarded() {
 }
 
 #[tokio::test]
+async fn a_chunked_signed_body_is_cut_off_at_the_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = verifying_upstream(ok).await;
+    let mut s = keyed(&upstream);
+    s.max_signed_body = Some(16);
+    let gw = gateway(s).await;
+    // No Content-Length: the limit can only be seen while reading.
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {SEND} HTTP/1.1\r\nhost: {}\r\nauthorization: HMAC-SHA256 \
+         SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=AA==\r\n\
+         transfer-encoding: chunked\r\n\r\n20\r\n{}\r\n0\r\n\r\n",
+        gw.proxy_addr(),
+        "x".repeat(32)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
 async fn email_send_polling_comes_back_through_the_gateway() {
     let upstream = verifying_upstream(|seen| {
         if seen.method == Method::POST {

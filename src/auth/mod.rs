@@ -25,13 +25,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response};
 use http_body::Body;
+use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -258,21 +260,15 @@ pub struct Sign<S> {
     shared: Option<Arc<Shared>>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, ResBody> Service<Request<B>> for Sign<S>
 where
-    S: Service<Request<SignedBody<B>>, Response = Response<ResBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Body<Data = Bytes> + Send + 'static,
+    S: Service<Request<SignedBody<B>>, Response = Response<ResBody>, Error = Infallible> + Clone,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Either<ResBody, Full<Bytes>>>;
     type Error = Infallible;
-    type Future = SignFuture<S::Future, ResBody>;
+    type Future = SignFuture<S, B>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -284,125 +280,172 @@ where
             Some(shared) if hmac::is_signed(request.headers()) => Arc::clone(shared),
             _ => {
                 return SignFuture {
-                    state: SignState::Direct {
+                    state: SignState::Calling {
                         inner: self.inner.call(request.map(Either::Left)),
                     },
                 };
             }
         };
+        let (parts, body) = request.into_parts();
+        if declared_length(&parts.headers).is_some_and(|length| length > shared.max_signed_body) {
+            return SignFuture {
+                state: SignState::answered(ErrorKind::TooLarge),
+            };
+        }
         // The ready service is the one `poll_ready` was called on; leave a fresh clone behind.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        // Boxed: buffering and hashing the body costs far more than one allocation.
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let limit = usize::try_from(shared.max_signed_body).unwrap_or(usize::MAX);
         SignFuture {
-            state: SignState::Signing {
-                inner: Box::pin(async move {
-                    let (mut parts, body) = request.into_parts();
-                    let body = match read_body(&parts.headers, body, shared.max_signed_body).await {
-                        Ok(body) => body,
-                        Err(kind) => return Ok(kind.response().map(Either::Right)),
-                    };
-                    let hash = hmac::content_hash(&body);
-                    let path_and_query =
-                        parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-                    let now = SystemTime::now();
-                    if let Some(caller_key) = &shared.resign.caller_key {
-                        let host = headers::client_host(&parts.headers, &parts.uri);
-                        let verdict = match host.as_ref().and_then(|h| h.to_str().ok()) {
-                            Some(host) => hmac::verify(
-                                caller_key,
-                                Target {
-                                    method: &parts.method,
-                                    path_and_query,
-                                    host,
-                                },
-                                &parts.headers,
-                                &hash,
-                                now,
-                            ),
-                            None => Err(hmac::Rejection::Malformed),
-                        };
-                        if let Err(rejection) = verdict {
-                            tracing::debug!(
-                                reason = rejection.as_str(),
-                                "caller signature refused"
-                            );
-                            return Ok(ErrorKind::Auth.response().map(Either::Right));
-                        }
-                    }
-                    let target = Target {
-                        method: &parts.method,
-                        path_and_query,
-                        host: &shared.upstream_host,
-                    };
-                    hmac::sign(
-                        &shared.resign.upstream_key,
-                        target,
-                        &mut parts.headers,
-                        &hash,
-                        now,
-                    );
-                    let request = Request::from_parts(parts, Either::Right(Full::new(body)));
-                    let Ok(response) = inner.call(request).await;
-                    Ok(response.map(Either::Left))
-                }),
+            state: SignState::Reading {
+                body: Limited::new(body, limit).collect(),
+                waiting: Some((parts, inner, shared)),
             },
         }
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` before reading
-/// anything, and while reading).
-async fn read_body<B>(headers: &http::HeaderMap, body: B, limit: u64) -> Result<Bytes, ErrorKind>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(ErrorKind::TooLarge);
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Verifies the caller's signature over the request and `body` (when a caller key is set),
+/// then signs the request for the upstream.
+fn resign(shared: &Shared, parts: &mut Parts, body: &[u8]) -> Result<(), hmac::Rejection> {
+    let hash = hmac::content_hash(body);
+    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let now = SystemTime::now();
+    if let Some(caller_key) = &shared.resign.caller_key {
+        let host = headers::client_host(&parts.headers, &parts.uri);
+        let host = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .ok_or(hmac::Rejection::Malformed)?;
+        let target = Target {
+            method: &parts.method,
+            path_and_query,
+            host,
+        };
+        hmac::verify(caller_key, target, &parts.headers, &hash, now)?;
     }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ErrorKind::TooLarge),
-        Err(_) => Err(ErrorKind::BadRequest),
-    }
+    let target = Target {
+        method: &parts.method,
+        path_and_query,
+        host: &shared.upstream_host,
+    };
+    hmac::sign(
+        &shared.resign.upstream_key,
+        target,
+        &mut parts.headers,
+        &hash,
+        now,
+    );
+    Ok(())
 }
 
 pin_project! {
     /// Response future of [`Sign`].
-    pub struct SignFuture<F, ResBody> {
+    pub struct SignFuture<S, B>
+    where
+        S: Service<Request<SignedBody<B>>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
         #[pin]
-        state: SignState<F, ResBody>,
+        state: SignState<S, B>,
     }
 }
 
 pin_project! {
     #[project = SignStateProj]
-    enum SignState<F, ResBody> {
-        // Not a signed request, or no keys: the inner future as is.
-        Direct { #[pin] inner: F },
-        // Buffering, verifying, re-signing, then calling the inner service.
-        Signing { inner: BoxFuture<Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>> },
+    enum SignState<S, B>
+    where
+        S: Service<Request<SignedBody<B>>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        // Buffering a signed body; then verify, re-sign and call `inner`.
+        Reading {
+            #[pin]
+            body: Collect<Limited<B>>,
+            waiting: Option<(Parts, S, Arc<Shared>)>,
+        },
+        // The inner service's future: unsigned requests go straight here.
+        Calling { #[pin] inner: S::Future },
+        // The gateway answers itself (401, 413, 400).
+        Answered { response: Option<Response<Full<Bytes>>> },
     }
 }
 
-impl<F, ResBody> Future for SignFuture<F, ResBody>
+impl<S, B> SignState<S, B>
 where
-    F: Future<Output = Result<Response<ResBody>, Infallible>>,
+    S: Service<Request<SignedBody<B>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn answered(kind: ErrorKind) -> Self {
+        SignState::Answered {
+            response: Some(kind.response()),
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for SignFuture<S, B>
+where
+    S: Service<Request<SignedBody<B>>, Response = Response<ResBody>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            SignStateProj::Direct { inner } => inner
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(Either::Left))),
-            SignStateProj::Signing { inner } => inner.as_mut().poll(cx),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut state = self.as_mut().project().state;
+            let next = match state.as_mut().project() {
+                SignStateProj::Calling { inner } => {
+                    let Ok(response) = ready!(inner.poll(cx));
+                    return Poll::Ready(Ok(response.map(Either::Left)));
+                }
+                SignStateProj::Answered { response } => {
+                    let response = response.take().expect("polled after completion");
+                    return Poll::Ready(Ok(response.map(Either::Right)));
+                }
+                SignStateProj::Reading { body, waiting } => {
+                    let collected = ready!(body.poll(cx));
+                    let (mut parts, mut inner, shared) =
+                        waiting.take().expect("polled after completion");
+                    match collected {
+                        Err(error) if error.is::<LengthLimitError>() => {
+                            SignState::answered(ErrorKind::TooLarge)
+                        }
+                        Err(_) => SignState::answered(ErrorKind::BadRequest),
+                        Ok(collected) => {
+                            let body = collected.to_bytes();
+                            match resign(&shared, &mut parts, &body) {
+                                Ok(()) => SignState::Calling {
+                                    inner: inner.call(Request::from_parts(
+                                        parts,
+                                        Either::Right(Full::new(body)),
+                                    )),
+                                },
+                                Err(rejection) => {
+                                    tracing::debug!(
+                                        reason = rejection.as_str(),
+                                        "caller signature refused"
+                                    );
+                                    SignState::answered(ErrorKind::Auth)
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            state.set(next);
         }
     }
 }
