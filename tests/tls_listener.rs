@@ -197,3 +197,11 @@ async fn an_unusable_certificate_is_a_start_up_error_naming_the_problem() {
         assert!(err.to_string().contains(needle), "{needle}: {err}");
     }
 }
+
+#[test]
+fn a_certificate_without_its_key_is_a_configuration_error() {
+    let mut s = settings("http://127.0.0.1:1");
+    s.tls_cert_file = Some("/etc/acsgate/tls.crt".into());
+    let err = acsgate::config::Config::from_settings(s).unwrap_err();
+    assert!(err.to_string().contains("tls_key_file"), "{err}");
+}
