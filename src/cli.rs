@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::{CALLER_KEY_ENV, Secret, UPSTREAM_KEY_ENV};
 use crate::catalogue::Catalogue;
 use crate::config::{ConfigError, Settings};
 
@@ -93,7 +94,11 @@ impl Cli {
             Some(path) => Settings::from_file(path)?,
             None => Settings::default(),
         };
-        Ok(self.settings.clone().or(file))
+        let mut settings = self.settings.clone().or(file);
+        // Keys come from the environment only, never from a flag or the file.
+        settings.upstream_access_key = Secret::from_env(UPSTREAM_KEY_ENV);
+        settings.caller_access_key = Secret::from_env(CALLER_KEY_ENV);
+        Ok(settings)
     }
 }
 

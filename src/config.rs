@@ -11,11 +11,13 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::Scheme;
 
+use crate::auth::{AuthConfig, CallerAuth, KeySource, Secret};
 use crate::body_rate::{BodyRate, RATE_GRACE};
 use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
 use crate::metrics::DEFAULT_BUCKETS;
 use crate::proxy::client::ClientSettings;
 use crate::proxy::{BadRoutePolicy, ForwardTimeouts, Upstream};
+use crate::tls::TlsFiles;
 
 /// Default proxy listener: loopback, so nothing is exposed until asked.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -139,6 +141,42 @@ pub struct Settings {
     /// Largest event delivery taken, in bytes; larger ones get 413 [default: 1048576]
     #[arg(long, env = "ACSGATE_EVENTS_BODY_LIMIT", global = true)]
     pub events_body_limit: Option<usize>,
+    // --- SDK auth and TLS listener ---
+    /// Callers' HMAC signatures: `hmac` verifies them with the caller key, `none` (loopback
+    /// listener only) re-signs without checking [default: hmac]
+    #[arg(long, env = "ACSGATE_CALLER_AUTH", value_enum, global = true)]
+    pub caller_auth: Option<CallerAuth>,
+
+    /// Largest HMAC-signed request body buffered for hashing, in bytes [default: 8388608]
+    #[arg(long, env = "ACSGATE_MAX_SIGNED_BODY", global = true)]
+    pub max_signed_body: Option<u64>,
+
+    /// File holding the ACS resource's access key (or set ACSGATE_UPSTREAM_ACCESS_KEY)
+    #[arg(long, env = "ACSGATE_UPSTREAM_ACCESS_KEY_FILE", global = true)]
+    pub upstream_access_key_file: Option<PathBuf>,
+
+    /// File holding the callers' local access key (or set ACSGATE_CALLER_ACCESS_KEY)
+    #[arg(long, env = "ACSGATE_CALLER_ACCESS_KEY_FILE", global = true)]
+    pub caller_access_key_file: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS on the proxy listener (with --tls-key-file)
+    #[arg(long, env = "ACSGATE_TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for TLS on the proxy listener (with --tls-cert-file)
+    #[arg(long, env = "ACSGATE_TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// The resource's access key, from ACSGATE_UPSTREAM_ACCESS_KEY only: never a flag or a
+    /// file key, so it never shows in `ps` or in a config file.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub upstream_access_key: Option<Secret>,
+
+    /// The callers' local key, from ACSGATE_CALLER_ACCESS_KEY only.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub caller_access_key: Option<Secret>,
 }
 
 impl Settings {
@@ -188,6 +226,17 @@ impl Settings {
             events_listen: self.events_listen.or(lower.events_listen),
             events_forward_to: self.events_forward_to.or(lower.events_forward_to),
             events_body_limit: self.events_body_limit.or(lower.events_body_limit),
+            // --- SDK auth and TLS listener ---
+            caller_auth: self.caller_auth.or(lower.caller_auth),
+            max_signed_body: self.max_signed_body.or(lower.max_signed_body),
+            upstream_access_key_file: self
+                .upstream_access_key_file
+                .or(lower.upstream_access_key_file),
+            caller_access_key_file: self.caller_access_key_file.or(lower.caller_access_key_file),
+            tls_cert_file: self.tls_cert_file.or(lower.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(lower.tls_key_file),
+            upstream_access_key: self.upstream_access_key.or(lower.upstream_access_key),
+            caller_access_key: self.caller_access_key.or(lower.caller_access_key),
         }
     }
 }
@@ -271,6 +320,11 @@ pub struct Config {
     pub events: Option<EventsConfig>,
     /// Client-side limits.
     pub limits: Limits,
+    // --- SDK auth and TLS listener ---
+    /// HMAC verification and re-signing.
+    pub auth: AuthConfig,
+    /// TLS on the proxy listener.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Limits that protect the gateway (and the app it serves) from clients.
@@ -366,6 +420,28 @@ impl Config {
         let events = events_config(&settings, listen, admin)?;
         let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
         validate_buckets(&buckets)?;
+        // --- SDK auth and TLS listener ---
+        let auth = AuthConfig::load(
+            KeySource {
+                file_key: "upstream_access_key_file",
+                value: settings.upstream_access_key.as_ref(),
+                file: settings.upstream_access_key_file.as_deref(),
+            },
+            KeySource {
+                file_key: "caller_access_key_file",
+                value: settings.caller_access_key.as_ref(),
+                file: settings.caller_access_key_file.as_deref(),
+            },
+            settings.caller_auth.unwrap_or_default(),
+            listen,
+            settings.max_signed_body,
+        )?;
+        let tls = match (settings.tls_cert_file, settings.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls_key_file", "needed with tls_cert_file")),
+            (None, Some(_)) => return Err(invalid("tls_cert_file", "needed with tls_key_file")),
+        };
         Ok(Config {
             upstream,
             listen,
@@ -413,6 +489,8 @@ impl Config {
             buckets,
             limits,
             events,
+            auth,
+            tls,
         })
     }
 }

@@ -46,11 +46,15 @@ pub enum ErrorKind {
     BadRequest,
     /// `CONNECT`: the gateway is not a tunnel.
     MethodNotAllowed,
+    /// An HMAC-signed request whose caller signature is missing or wrong (answered 401).
+    Auth,
+    /// A signed request body larger than `max_signed_body` (answered 413).
+    TooLarge,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
@@ -64,6 +68,8 @@ impl ErrorKind {
         ErrorKind::ClientAbort,
         ErrorKind::BadRequest,
         ErrorKind::MethodNotAllowed,
+        ErrorKind::Auth,
+        ErrorKind::TooLarge,
     ];
 
     /// The label value.
@@ -82,6 +88,8 @@ impl ErrorKind {
             ErrorKind::ClientAbort => "client_abort",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Auth => "auth",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 
@@ -101,6 +109,8 @@ impl ErrorKind {
             ErrorKind::ClientAbort => StatusCode::from_u16(499).expect("499 is a valid status"),
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Auth => StatusCode::UNAUTHORIZED,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -215,8 +225,10 @@ impl ErrorKind {
             ErrorKind::UriTooLong => "acsgate: request URI too long\n",
             ErrorKind::ClientTimeout => "acsgate: request body too slow\n",
             ErrorKind::ClientAbort => "acsgate: client closed the request\n",
-            ErrorKind::BadRequest => "acsgate: request not forwarded\n",
+            ErrorKind::BadRequest => "acsgate: bad request\n",
             ErrorKind::MethodNotAllowed => "acsgate: CONNECT is not supported\n",
+            ErrorKind::Auth => "acsgate: caller signature missing or invalid\n",
+            ErrorKind::TooLarge => "acsgate: signed request body too large\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

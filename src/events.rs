@@ -545,6 +545,7 @@ impl EventsListener {
         let (stop, stopped) = watch::channel(false);
         let policy = server::ConnectionPolicy::guarded(
             config,
+            None,
             metrics.protocol_rejections(),
             CancellationToken::new(),
         );

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod body_rate;
 pub mod catalogue;
 pub mod classify;
@@ -20,3 +21,4 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tls;

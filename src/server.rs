@@ -4,14 +4,16 @@
 //! The request path of the proxy is a stack of layers, outermost first:
 //! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
 //! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`BodyRateLayer`] (request
-//! body deadline and minimum rate) → [`PeekBodyLayer`]
-//! (body-dependent operations) → [`Forward`] (to the upstream).
+//! body deadline and minimum rate) → [`SignLayer`] (verify the caller's HMAC signature,
+//! re-sign for the upstream) → [`PeekBodyLayer`] (body-dependent operations) → [`Forward`]
+//! (to the upstream).
 //!
 //! Each connection is guarded before hyper sees a request: a global cap on open connections,
-//! and a deadline from accept to the first request head (hyper-util's protocol detection has
-//! none, and hyper's header timeout only starts once HTTP/1 is chosen). What hyper rejects
-//! itself (malformed or oversized heads, header timeouts, HTTP/2 protocol errors) never
-//! reaches the service; it is counted in `acsgate_protocol_rejections_total`.
+//! and a deadline from accept to the first request head covering the TLS handshake and
+//! protocol detection (hyper-util's has none, and hyper's header timeout only starts once
+//! HTTP/1 is chosen). What hyper rejects itself (malformed or oversized heads, header
+//! timeouts, HTTP/2 protocol errors) never reaches the service; it is counted in
+//! `acsgate_protocol_rejections_total`.
 //!
 //! Shutdown follows hyper-util's graceful example: stop accepting at once, let in-flight
 //! requests finish up to the drain deadline (HTTP/2 gets GOAWAY, HTTP/1 closes after the
@@ -33,13 +35,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::Admin;
 use crate::admission::AdmissionLayer;
+use crate::auth::SignLayer;
 use crate::body_rate::BodyRateLayer;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{ClassifyLayer, PeekBodyLayer};
@@ -49,6 +52,7 @@ use crate::events::EventsListener;
 use crate::metrics::{Metrics, ProtocolRejections, RecordLayer, RejectionReason};
 use crate::proxy::Forward;
 use crate::proxy::client::{self, ClientError};
+use crate::tls::{TlsAccept, TlsError};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,9 @@ pub enum StartError {
     /// The metric families could not be created.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The proxy listener's certificate could not be loaded.
+    #[error("proxy listener TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -108,8 +115,26 @@ impl Gateway {
             config.timeouts,
             config.bad_route,
             Arc::clone(&catalogue),
-            "http",
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         );
+        let sign = SignLayer::new(&config.auth, &config.upstream);
+        if config.auth.resign.is_none() {
+            tracing::warn!(
+                "no access keys configured: HMAC-signed calls pass through unchanged and ACS \
+                 will refuse them unless signed for its own host (see ACSGATE_UPSTREAM_ACCESS_KEY)"
+            );
+        }
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAccept::start(
+                files.clone(),
+                config.limits.handshake_timeout,
+            )?),
+            None => None,
+        };
         let classify = ClassifyLayer::new(Arc::clone(&catalogue));
         let record = RecordLayer::new(table);
         let drain_expired = CancellationToken::new();
@@ -138,7 +163,7 @@ impl Gateway {
         let (stop_admin, admin_stopped) = watch::channel(false);
 
         let proxy_policy =
-            ConnectionPolicy::guarded(config, metrics.protocol_rejections(), drain_expired);
+            ConnectionPolicy::guarded(config, tls, metrics.protocol_rejections(), drain_expired);
         let admin_policy = ConnectionPolicy::plain(config.header_read_timeout);
         let proxy_task = tokio::spawn(serve(
             proxy,
@@ -149,6 +174,7 @@ impl Gateway {
                     .layer(record.clone())
                     .layer(admission.clone())
                     .layer(body_rate)
+                    .layer(sign.clone())
                     .layer(PeekBodyLayer)
                     .service(forward.for_peer(peer))
             },
@@ -273,6 +299,8 @@ pub(crate) fn connection_builder(
 /// How a listener treats its connections.
 pub(crate) struct ConnectionPolicy {
     pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// TLS for the listener, when configured; the handshake counts against the deadline.
+    pub(crate) tls: Option<TlsAccept>,
     /// Permits for open connections; none left means the connection is closed at once.
     pub(crate) max_connections: Arc<Semaphore>,
     /// Accept → first request head.
@@ -289,12 +317,14 @@ impl ConnectionPolicy {
     /// The configured limits, for listeners clients reach (the proxy, the events listener).
     pub(crate) fn guarded(
         config: &Config,
+        tls: Option<TlsAccept>,
         rejections: ProtocolRejections,
         drain_expired: CancellationToken,
     ) -> Self {
         let limits = &config.limits;
         ConnectionPolicy {
             builder: connection_builder(config.header_read_timeout, limits),
+            tls,
             max_connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshake_timeout: limits.handshake_timeout,
             rejections: Some(rejections),
@@ -308,6 +338,7 @@ impl ConnectionPolicy {
         let limits = Limits::default();
         ConnectionPolicy {
             builder: connection_builder(header_read_timeout, &limits),
+            tls: None,
             max_connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshake_timeout: limits.handshake_timeout,
             rejections: None,
@@ -318,6 +349,8 @@ impl ConnectionPolicy {
 }
 
 /// Accepts connections until `stop` fires, then drains them; see the [module docs](self).
+/// Each connection's TLS handshake and protocol detection run in its own task, so a slow
+/// client never holds up accepting.
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
     policy: ConnectionPolicy,
@@ -349,35 +382,37 @@ pub(crate) async fn serve<M, S, B>(
                     // Set by the first request; until then the handshake deadline applies.
                     let started = Arc::new(AtomicBool::new(false));
                     let flag = Arc::clone(&started);
-                    let service = make_service(peer).map_request(move |request| {
-                        flag.store(true, Ordering::Relaxed);
-                        request
-                    });
-                    let connection = policy
-                        .builder
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-                    let connection = graceful.watch(connection.into_owned());
-                    let rejections = policy.rejections.clone();
-                    let handshake_timeout = policy.handshake_timeout;
+                    let service = TowerToHyperService::new(make_service(peer).map_request(
+                        move |request| {
+                            flag.store(true, Ordering::Relaxed);
+                            request
+                        },
+                    ));
+                    let guard = ConnectionGuard {
+                        peer,
+                        started,
+                        deadline: tokio::time::Instant::now() + policy.handshake_timeout,
+                        rejections: policy.rejections.clone(),
+                        _permit: permit,
+                    };
+                    let (builder, tls, watcher) =
+                        (policy.builder.clone(), policy.tls.clone(), graceful.watcher());
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        tokio::pin!(connection);
-                        let result = tokio::select! {
-                            result = &mut connection => result,
-                            () = tokio::time::sleep(handshake_timeout) => {
-                                if !started.load(Ordering::Relaxed) {
-                                    count(&rejections, RejectionReason::HandshakeTimeout);
-                                    return;
-                                }
-                                connection.await
-                            }
+                        let Some(tls) = tls else {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service);
+                            return guard.run(watcher.watch(connection.into_owned())).await;
                         };
-                        if let Err(error) = result {
-                            let served = started.load(Ordering::Relaxed);
-                            match rejection_reason(&*error, served) {
-                                Some(reason) => count(&rejections, reason),
-                                None => tracing::debug!(%peer, %error, "connection ended with an error"),
+                        match tokio::time::timeout_at(guard.deadline, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let connection =
+                                    builder.serve_connection(TokioIo::new(stream), service);
+                                guard.run(watcher.watch(connection.into_owned())).await;
                             }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                count(&guard.rejections, RejectionReason::TlsHandshake);
+                            }
+                            Err(_) => count(&guard.rejections, RejectionReason::HandshakeTimeout),
                         }
                     });
                 }
@@ -401,6 +436,46 @@ pub(crate) async fn serve<M, S, B>(
         policy.drain_expired.cancel();
         // Time for the 503s to be written and the cut bodies to abort their connections.
         let _ = tokio::time::timeout(Duration::from_millis(500), shutdown).await;
+    }
+}
+
+/// One accepted connection's bookkeeping: its permit under the connection cap, the deadline
+/// for its first request, and where its rejection (if any) is counted.
+struct ConnectionGuard {
+    peer: SocketAddr,
+    started: Arc<AtomicBool>,
+    deadline: tokio::time::Instant,
+    rejections: Option<ProtocolRejections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnectionGuard {
+    /// Serves `connection`, closing it if no request arrives before the deadline, and counts
+    /// how hyper ended it when that was a rejection.
+    async fn run<F>(self, connection: F)
+    where
+        F: std::future::Future<Output = Result<(), BoxError>>,
+    {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = &mut connection => result,
+            () = tokio::time::sleep_until(self.deadline) => {
+                if !self.started.load(Ordering::Relaxed) {
+                    count(&self.rejections, RejectionReason::HandshakeTimeout);
+                    return;
+                }
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            let served = self.started.load(Ordering::Relaxed);
+            match rejection_reason(&*error, served) {
+                Some(reason) => count(&self.rejections, reason),
+                None => {
+                    tracing::debug!(peer = %self.peer, %error, "connection ended with an error")
+                }
+            }
+        }
     }
 }
 

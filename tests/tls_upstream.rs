@@ -5,10 +5,9 @@ mod support;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use acsgate::error::ERROR_HEADER;
+use support::pki::{TempFile, TestCa};
 use support::{Upstream, gateway, h1_client, h2_client, json, request, scrape, send, settings};
 
 struct TestPki {
@@ -18,52 +17,10 @@ struct TestPki {
 
 /// A CA and a `localhost` server certificate signed by it.
 fn pki() -> TestPki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(leaf.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let ca = TestCa::new();
     TestPki {
-        ca_pem: ca_cert.pem(),
-        server: Arc::new(server),
-    }
-}
-
-/// A file that is removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(contents: &str) -> TempFile {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("acsgate-ca-{}-{nanos}.pem", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        server: ca.leaf().server_config(),
+        ca_pem: ca.pem,
     }
 }
 

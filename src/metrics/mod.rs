@@ -96,7 +96,7 @@ impl Metrics {
             Opts::new(
                 "acsgate_gateway_errors_total",
                 "Requests the gateway answered or cut short itself, by reason \
-                 (bad_route, overloaded, draining, uri_too_long).",
+                 (bad_route, auth, too_large, overloaded, draining, …).",
             ),
             &["api", "operation", "kind"],
         )?;
@@ -348,6 +348,8 @@ pub enum RejectionReason {
     HeaderTimeout,
     /// No request within the connection deadline (TLS handshake, first byte, protocol).
     HandshakeTimeout,
+    /// The TLS handshake failed (no shared protocol or cipher, not TLS at all).
+    TlsHandshake,
     /// The global connection cap was reached; the connection was closed at once.
     ConnLimit,
     /// An HTTP/2 protocol error ended the connection (e.g. GOAWAY after a reset flood).
@@ -356,11 +358,12 @@ pub enum RejectionReason {
 
 impl RejectionReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectionReason; 6] = [
+    pub const ALL: [RejectionReason; 7] = [
         RejectionReason::Parse,
         RejectionReason::TooLarge,
         RejectionReason::HeaderTimeout,
         RejectionReason::HandshakeTimeout,
+        RejectionReason::TlsHandshake,
         RejectionReason::ConnLimit,
         RejectionReason::H2Protocol,
     ];
@@ -372,6 +375,7 @@ impl RejectionReason {
             RejectionReason::TooLarge => "too_large",
             RejectionReason::HeaderTimeout => "header_timeout",
             RejectionReason::HandshakeTimeout => "handshake_timeout",
+            RejectionReason::TlsHandshake => "tls_handshake",
             RejectionReason::ConnLimit => "conn_limit",
             RejectionReason::H2Protocol => "h2_protocol",
         }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers that always go, whatever `Connection` lists.
@@ -22,6 +23,15 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The authority the client addressed: `Host` (HTTP/1.1), else the URI's (`:authority` of
+/// HTTP/2, or an absolute-form request line).
+pub fn client_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    headers.get(header::HOST).cloned().or_else(|| {
+        let authority = uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    })
+}
 
 /// Removes hop-by-hop headers: the fixed set, any `Proxy-*` header, and every header named
 /// in `Connection`. End-to-end headers (`Authorization`, `x-ms-*`, `traceparent`…) stay.

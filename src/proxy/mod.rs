@@ -8,7 +8,8 @@
 //! and passes everything else (`Authorization`, `x-ms-*`, `traceparent`…) untouched. The body
 //! is streamed, never collected.
 //!
-//! What it does to a response: drops hop-by-hop headers and limits how long the body may go
+//! What it does to a response: drops hop-by-hop headers, points `Location` and
+//! `Operation-Location` URLs that name the upstream back at the gateway (see [`location`]), and limits how long the body may go
 //! without data. When the upstream cannot answer, the gateway does: 502 (unreachable, TLS,
 //! reset, invalid response) or 504 (timeout), with an `x-acsgate-error` header and the
 //! [`ErrorKind`] in the response extensions for the record layer. With
@@ -16,6 +17,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod location;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -39,6 +41,7 @@ use tower_http::timeout::TimeoutBody;
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::ErrorKind;
 use client::UpstreamClient;
+use location::ClientOrigin;
 
 /// The body of every response the gateway sends: the upstream's, or the gateway's own.
 pub type ProxyBody = Either<TimeoutBody<Incoming>, Full<Bytes>>;
@@ -177,9 +180,10 @@ where
         }
         let shared = &self.shared;
         let (mut parts, body) = request.into_parts();
-        let client_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
-            let authority = parts.uri.authority()?;
-            HeaderValue::from_str(authority.as_str()).ok()
+        let client_host = headers::client_host(&parts.headers, &parts.uri);
+        let origin = client_host.clone().map(|host| ClientOrigin {
+            scheme: shared.inbound_proto,
+            host,
         });
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::remove_underscored(&mut parts.headers);
@@ -204,6 +208,8 @@ where
             state: ForwardState::Upstream {
                 response: tokio::time::timeout(shared.timeouts.response, response),
                 body_idle: shared.timeouts.body_idle,
+                origin,
+                shared: Arc::clone(shared),
             },
         }
     }
@@ -227,6 +233,8 @@ pin_project! {
             #[pin]
             response: Timeout<hyper_util::client::legacy::ResponseFuture>,
             body_idle: Duration,
+            origin: Option<ClientOrigin>,
+            shared: Arc<ForwardShared>,
         },
     }
 }
@@ -252,6 +260,8 @@ impl Future for ForwardFuture {
             ForwardStateProj::Upstream {
                 response,
                 body_idle,
+                origin,
+                shared,
             } => {
                 let response = match ready!(response.poll(cx)) {
                     Ok(Ok(response)) => response,
@@ -267,6 +277,9 @@ impl Future for ForwardFuture {
                 };
                 let (mut parts, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(origin) = origin {
+                    location::rewrite(&mut parts.headers, &shared.upstream, origin);
+                }
                 let body = Either::Left(TimeoutBody::new(*body_idle, body));
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }

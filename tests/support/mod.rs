@@ -2,7 +2,9 @@
 //! `/metrics` scraper. Everything binds `127.0.0.1:0` and stops when dropped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod acs_hmac;
 pub mod ids;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -194,10 +196,13 @@ pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Sends a request and collects the response, with a 10 s limit.
-pub async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+pub async fn send<C>(
+    client: &Client<C, Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> (Response<()>, Bytes) {
+) -> (Response<()>, Bytes)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("response within 10 s")
@@ -221,27 +226,33 @@ pub fn request(
         .unwrap()
 }
 
-/// A request for a catalogue route on `addr`: ids filled in, an `api-version` the route
-/// accepts, and a small JSON body where the method carries one (Rooms participant PATCHes get
-/// a role, or the body rule would name them RemoveParticipants).
-pub fn route_request(route: &Route, addr: SocketAddr) -> Request<Full<Bytes>> {
+/// The body to send for a route: Rooms participant PATCHes need a role, or the body rule would
+/// turn them into RemoveParticipants.
+pub fn body_for(method: &Method, template: &str) -> Bytes {
+    if method == Method::PATCH && template.ends_with("/participants") {
+        Bytes::from_static(br#"{"participants":{"8:acs:x":{"role":"Presenter"}}}"#)
+    } else if method == Method::POST || method == Method::PATCH || method == Method::PUT {
+        Bytes::from_static(br#"{"k":"v"}"#)
+    } else {
+        Bytes::new()
+    }
+}
+
+/// A path and query that reaches `route`: ids filled in, and the api-version that selects it.
+pub fn route_path(route: &Route) -> String {
     let version = route
         .when_api_version
         .first()
         .or(route.api_versions.last())
         .cloned()
         .unwrap_or_default();
-    let path = format!("{}?api-version={version}", ids::fill(&route.template));
-    let method = &route.method;
-    let body: &'static [u8] =
-        if method == Method::PATCH && route.template.ends_with("/participants") {
-            br#"{"participants":{"8:acs:x":{"role":"Presenter"}}}"#
-        } else if method == Method::POST || method == Method::PATCH || method == Method::PUT {
-            br#"{"k":"v"}"#
-        } else {
-            b""
-        };
-    request(method.clone(), addr, &path, Bytes::from_static(body))
+    format!("{}?api-version={version}", ids::fill(&route.template))
+}
+
+/// A request for a catalogue route on `addr`: [`route_path`] with [`body_for`].
+pub fn route_request(route: &Route, addr: SocketAddr) -> Request<Full<Bytes>> {
+    let body = body_for(&route.method, &route.template);
+    request(route.method.clone(), addr, &route_path(route), body)
 }
 
 /// Scrapes `/metrics` from the admin address and parses it.
