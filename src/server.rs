@@ -122,7 +122,8 @@ impl Gateway {
             },
         );
         let sign = SignLayer::new(&config.auth, &config.upstream);
-        if config.auth.resign.is_none() {
+        // Only a real (https) ACS endpoint refuses calls signed for the sidecar's host.
+        if config.auth.resign.is_none() && config.upstream.scheme == http::uri::Scheme::HTTPS {
             tracing::warn!(
                 "no access keys configured: HMAC-signed calls pass through unchanged and ACS \
                  will refuse them unless signed for its own host (see ACSGATE_UPSTREAM_ACCESS_KEY)"

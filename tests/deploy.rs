@@ -17,7 +17,10 @@ use acsgate::config::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
 use support::{Upstream, gateway, h1_client, request, send, settings};
 
 /// Variables read from the environment only (secrets), never through a flag.
-const SECRET_ENV: [&str; 2] = [acsgate::auth::UPSTREAM_KEY_ENV, acsgate::auth::CALLER_KEY_ENV];
+const SECRET_ENV: [&str; 2] = [
+    acsgate::auth::UPSTREAM_KEY_ENV,
+    acsgate::auth::CALLER_KEY_ENV,
+];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
