@@ -25,9 +25,9 @@ done
 
 # ------------------------------------------------------------------------------ knobs ----
 if [ "$QUICK" = 1 ]; then   # about 2 minutes
-  : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=1}"
+  : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=1}" "${STREAM_REPEATS:=1}"
 else                        # about 9 minutes
-  : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}"
+  : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
 TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate"}
 CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
@@ -254,7 +254,7 @@ stream_load() { # prints an @@RESULT line: the download rate in bytes/s
   [ "$size" = $((STREAM_MIB * 1048576)) ] || { echo "stream: got $size bytes" >&2; return 1; }
   echo "@@RESULT down_bps=$rate"
 }
-for round in $(seq "$REPEATS"); do
+for round in $(seq "$STREAM_REPEATS"); do
   for t in direct acsgate; do
     start_target "$t" all
     EXTRA="rss_before_kb=0"; [ -n "$PROXY" ] && EXTRA="rss_before_kb=$(hwm_kb "$PROXY")"

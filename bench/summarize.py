@@ -25,7 +25,7 @@ def load(path):
                 except ValueError:
                     pass
             hz, wall = row["hz"], row["wall_ns"] / 1e9
-            if row.get("requests"):
+            if row.get("requests") and row["target"] != "direct":
                 row["cpu_us"] = row["proxy_ticks"] / hz * 1e6 / row["requests"]
             ours = row["proxy_ticks"] + row["upstream_ticks"] + row["load_s"] * hz
             row["other_pct"] = max(0.0, (row["busy_ticks"] - ours) / hz / wall * 100)

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let mut builder = match cli.worker_threads {
         // One worker: the current-thread scheduler runs every task on this thread, without the
-        // work-stealing scheduler's cross-thread wake-ups (bench: about 10% less CPU per request).
+        // work-stealing scheduler's cross-thread wake-ups (measured: README "Performance").
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         threads => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
