@@ -36,6 +36,11 @@ pub struct Cli {
     /// What to do (default: run the gateway).
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    // --- runtime ---
+    /// Async runtime worker threads (default: one per CPU)
+    #[arg(long, env = "ACSGATE_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 /// Log output format.
@@ -179,5 +184,13 @@ mod tests {
         assert!(err.to_string().contains("--connect-timeout"), "{err}");
         let err = Cli::try_parse_from(["acsgate", "--bad-route", "drop"]).unwrap_err();
         assert!(err.to_string().contains("--bad-route"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_is_a_positive_count() {
+        let cli = Cli::try_parse_from(["acsgate", "run", "--worker-threads", "2"]).unwrap();
+        assert_eq!(cli.worker_threads, Some(2));
+        let err = Cli::try_parse_from(["acsgate", "--worker-threads", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 }

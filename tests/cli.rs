@@ -139,9 +139,20 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn the_binary_serves_from_environment_settings_and_exits_0_on_sigterm() {
+    serves_and_exits_0_on_sigterm(&[]).await;
+}
+
+/// One worker thread takes the current-thread runtime: the same serving and shutdown.
+#[tokio::test]
+async fn one_worker_thread_serves_and_exits_0_on_sigterm() {
+    serves_and_exits_0_on_sigterm(&[("ACSGATE_WORKER_THREADS", "1")]).await;
+}
+
+async fn serves_and_exits_0_on_sigterm(env: &[(&str, &str)]) {
     let upstream = support::Upstream::ok().await;
     let (proxy, admin) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_acsgate"))
+        .envs(env.iter().copied())
         .env("ACSGATE_UPSTREAM", upstream.url())
         .env("ACSGATE_LISTEN", format!("127.0.0.1:{proxy}"))
         .env("ACSGATE_ADMIN", format!("127.0.0.1:{admin}"))

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# acsgate vs nginx, HAProxy and Caddy on this machine, in one interleaved run; see bench/README.md.
+#
+#   bench/run.sh [--quick] [--install] [--no-build]
+#
+# Needs: nginx haproxy caddy wrk h2load (nghttp2-client) curl python3 taskset. It installs
+# nothing unless --install is given (then: apt-get install nginx haproxy caddy wrk
+# nghttp2-client). Everything listens on 127.0.0.1, every run is bounded in time, and every
+# process started here is stopped by its PID (process group) on exit, Ctrl-C included.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+
+QUICK=0 INSTALL=0 BUILD=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    --install) INSTALL=1 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+# ------------------------------------------------------------------------------ knobs ----
+if [ "$QUICK" = 1 ]; then   # about 2 minutes
+  : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=1}" "${STREAM_REPEATS:=1}"
+else                        # about 9 minutes
+  : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
+fi
+TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate"}
+CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
+PACED_RATE=${PACED_RATE:-2000}      # req/s of the paced latency run
+STREAM_MIB=${STREAM_MIB:-1024}      # streaming check body size
+BASE_PORT=${BASE_PORT:-28180}       # below the ephemeral range (32768+)
+PROXY_CPU=${PROXY_CPU:-1}           # the proxy's core; wrk and the upstream get LOAD_CPU
+LOAD_CPU=${LOAD_CPU:-0}
+ACSGATE_BIN=${ACSGATE_BIN:-}        # default: target/release/acsgate (built unless --no-build)
+
+# ----------------------------------------------------------------------- prerequisites ----
+need=()
+for tool in nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client curl:curl; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$INSTALL" = 1 ]; then
+    apt-get update && apt-get install -y --no-install-recommends "${need[@]}"
+  else
+    echo "bench/run.sh needs: apt-get install ${need[*]}   (or run with --install)" >&2
+    exit 1
+  fi
+fi
+for tool in python3 taskset; do
+  command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool" >&2; exit 1; }
+done
+if [ -z "$ACSGATE_BIN" ]; then
+  ACSGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/acsgate"
+  if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --bin acsgate); fi
+fi
+[ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
+
+TMP="$(mktemp -d /tmp/acsgate-bench.XXXXXX)"
+chmod 755 "$TMP"   # nginx workers (www-data) read the streaming file from here
+RESULTS="$TMP/results.tsv"
+echo "bench: results in $TMP" >&2
+
+# Ports.
+UP=$BASE_PORT
+declare -A LISTEN=([direct]=$UP [nginx]=$((UP + 1)) [haproxy]=$((UP + 3)) [caddy]=$((UP + 5))
+                   [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)))
+declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7)))
+declare -A ADMIN=([haproxy]=$((UP + 9)) [caddy]=$((UP + 10)) [acsgate]=$((UP + 8)) [acsgate-2t]=$((UP + 8)))
+
+render() { # template -> $TMP/name with placeholders filled in
+  sed -e "s#@TMP@#$TMP#g" -e "s#@UP_PORT@#$UP#g" -e "s#@LISTEN_PORT@#$2#g" \
+      -e "s#@H2_PORT@#${3:-0}#g" -e "s#@METRICS_PORT@#${4:-0}#g" "$HERE/conf/$1" > "$TMP/$1"
+}
+
+# ------------------------------------------------------------------- process control ----
+PIDS=() EXTRA=""
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# start CPUS NAME CMD...: runs CMD in its own process group (pinned to CPUS unless "all");
+# the process group id is left in $STARTED.
+start() {
+  local cpus=$1 name=$2; shift 2
+  if [ "$cpus" = all ]; then setsid "$@" >"$TMP/$name.out" 2>&1 &
+  else setsid taskset -c "$cpus" "$@" >"$TMP/$name.out" 2>&1 & fi
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+stop() { # stop PGID
+  kill -TERM -- "-$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local kept=(); for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done; PIDS=("${kept[@]}")
+}
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listening on $1; logs in $TMP" >&2; exit 1
+}
+tree() { # the pids of a process group
+  ps -o pid= -g "$1" 2>/dev/null | tr -s ' \n' ' '
+}
+cpu_ticks() { # utime+stime of every process in the group, in clock ticks
+  local sum=0 pid; for pid in $(tree "$1"); do
+    [ -r "/proc/$pid/stat" ] || continue
+    # fields after the ")" of the command name: utime is the 12th, stime the 13th
+    sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done; echo "$sum"
+}
+hwm_kb() { # sum of VmHWM over the group
+  local sum=0 pid kb; for pid in $(tree "$1"); do
+    kb=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    sum=$((sum + ${kb:-0}))
+  done; echo "$sum"
+}
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+
+# --------------------------------------------------------------------------- targets ----
+start_upstream() {
+  render upstream.nginx.conf "$UP"
+  truncate -s "${STREAM_MIB}M" "$TMP/big.bin"   # sparse: no disk space used
+  start "$LOAD_CPU" upstream nginx -e "$TMP/upstream-error.log" -c "$TMP/upstream.nginx.conf"
+  UPSTREAM=$STARTED
+  wait_port "$UP"
+}
+
+# start_target NAME CPUS: starts the proxy NAME; its process group id in $PROXY ("" = direct)
+start_target() {
+  local name=$1 cpus=$2
+  PROXY=""
+  case "$name" in
+    direct) return 0 ;;
+    nginx)
+      render proxy.nginx.conf "${LISTEN[nginx]}" "${H2[nginx]}"
+      start "$cpus" nginx nginx -e "$TMP/nginx-proxy-error.log" -c "$TMP/proxy.nginx.conf" ;;
+    haproxy)
+      render haproxy.cfg "${LISTEN[haproxy]}" "${H2[haproxy]}" "${ADMIN[haproxy]}"
+      start "$cpus" haproxy haproxy -db -f "$TMP/haproxy.cfg" ;;
+    caddy)
+      render Caddyfile "${LISTEN[caddy]}" "" "${ADMIN[caddy]}"
+      start "$cpus" caddy env GOMAXPROCS=1 HOME="$TMP" XDG_DATA_HOME="$TMP" XDG_CONFIG_HOME="$TMP" \
+        caddy run --adapter caddyfile --config "$TMP/Caddyfile" ;;
+    acsgate|acsgate-2t)
+      local threads=1; [ "$name" = acsgate-2t ] && threads=2
+      start "$cpus" "$name" env RUST_LOG=warn "$ACSGATE_BIN" --worker-threads "$threads" \
+        --listen "127.0.0.1:${LISTEN[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
+        --upstream "http://127.0.0.1:$UP" ;;
+  esac
+  PROXY=$STARTED
+  wait_port "${LISTEN[$name]}"
+  # sanity: an ACS call passes through with the upstream's answer
+  local body
+  body=$(curl -sS --max-time 5 -X POST -H 'content-type: application/json' -d '{"content":"hi"}' \
+    "http://127.0.0.1:${LISTEN[$name]}/chat/threads/19:abc@thread.v2/messages?api-version=2021-09-07")
+  [ "$body" = '{"id":"1"}' ] || { echo "$name answered '$body'; logs in $TMP" >&2; exit 1; }
+}
+
+# measure KIND ROUND NAME CMD...: runs the load command (pinned to LOAD_CPU by the caller),
+# and appends one line to results.tsv: the load's @@RESULT fields plus the proxy's CPU per
+# request, its peak RSS and how busy the rest of the machine was.
+measure() {
+  local kind=$1 round=$2 name=$3; shift 3
+  local p0=0 u0 b0 t0 out TIMEFORMAT='@@LOADCPU %U %S'
+  [ -n "$PROXY" ] && p0=$(cpu_ticks "$PROXY")
+  u0=$(cpu_ticks "$UPSTREAM"); b0=$(busy_ticks); t0=$(date +%s%N)
+  out=$( { time "$@" 2>&1; } 2>&1 ) || { echo "$kind $name: load failed: $out" >&2; exit 1; }
+  local t1 b1 u1 p1=0 rss=0
+  t1=$(date +%s%N); b1=$(busy_ticks); u1=$(cpu_ticks "$UPSTREAM")
+  [ -n "$PROXY" ] && { p1=$(cpu_ticks "$PROXY"); rss=$(hwm_kb "$PROXY"); }
+  local result load_s
+  result=$(grep -m1 '^@@RESULT' <<<"$out" | cut -d' ' -f2-) || {
+    echo "$kind $name: no result in: $out" >&2; exit 1; }
+  load_s=$(awk '/^@@LOADCPU/ {print $2 + $3}' <<<"$out")
+  echo "  $kind $name #$round: $result" >&2
+  printf 'kind=%s round=%s target=%s %s proxy_ticks=%s upstream_ticks=%s load_s=%s busy_ticks=%s wall_ns=%s rss_kb=%s hz=%s %s\n' \
+    "$kind" "$round" "$name" "$result" $((p1 - p0)) $((u1 - u0)) "$load_s" $((b1 - b0)) $((t1 - t0)) "$rss" "$HZ" "$EXTRA" >> "$RESULTS"
+}
+
+wrk_load() { # wrk_load CPUS PORT SECONDS [THREADS] [-- mix.lua args]
+  local cpus=$1 port=$2 secs=$3 threads=$4; shift 4
+  local pin=(taskset -c "$cpus"); [ "$cpus" = all ] && pin=()
+  "${pin[@]}" wrk -t"$threads" -c"$CONNS" -d"${secs}s" --latency -s "$HERE/mix.lua" "http://127.0.0.1:$port" "$@"
+}
+
+# h2load over h2c (prior knowledge), 8 connections x 8 streams, GET requests of the mix
+# (h2load cannot mix methods); prints an @@RESULT line like mix.lua's.
+h2_load() { # h2_load PORT
+  local base="http://127.0.0.1:$1" t="19:abc@thread.v2"
+  taskset -c "$LOAD_CPU" h2load -c8 -m8 -t1 -D "$DURATION" --warm-up-time="$WARMUP" \
+    -H 'authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJza3lwZWlkIjoiYWNzOmJlbmNoIn0.c2ln' \
+    -H 'x-ms-client-request-id: 8f6c2b1e-3d4a-4c5b-9e7f-0a1b2c3d4e5f' \
+    "$base/chat/threads/$t/messages?api-version=2021-09-07" "$base/rooms/99413?api-version=2023-06-14" \
+    "$base/routing/jobs/job-1?api-version=2023-11-01" "$base/chat/threads/$t/messages?api-version=2021-09-07&maxPageSize=20" \
+    "$base/unknown/things/1?api-version=2020-01-01" |
+  awk '/^finished in/ {gsub(",", ""); rps = $4}
+       /^requests:/ {done = $8; failed = $10 + $12}
+       /^status codes:/ {non2xx = $5 + $7 + $9}
+       /^time for request:/ {mean = $6}
+       END {
+         # mean is printed with a unit (us/ms/s)
+         m = mean + 0; if (mean ~ /ms$/) m *= 1000; else if (mean ~ /[^mu]s$/) m *= 1e6
+         printf "@@RESULT requests=%d rps=%s mean_us=%d non2xx=%d sockerr=%d\n", done, rps, m, non2xx, failed }'
+}
+
+# ----------------------------------------------------------------------------- phases ----
+start_upstream
+echo "bench: saturation + paced ${PACED_RATE} req/s, proxy on CPU $PROXY_CPU, load + upstream on CPU $LOAD_CPU" >&2
+for round in $(seq "$REPEATS"); do
+  for t in $TARGETS; do
+    start_target "$t" "$PROXY_CPU"
+    wrk_load "$LOAD_CPU" "${LISTEN[$t]}" "$WARMUP" 1 >/dev/null
+    measure sat "$round" "$t" wrk_load "$LOAD_CPU" "${LISTEN[$t]}" "$DURATION" 1
+    measure paced "$round" "$t" wrk_load "$LOAD_CPU" "${LISTEN[$t]}" "$DURATION" 1 -- rate="$PACED_RATE" conns="$CONNS"
+    [ -n "$PROXY" ] && stop "$PROXY"
+  done
+done
+
+echo "bench: acsgate 1 vs 2 worker threads, nothing pinned, wrk -t2" >&2
+for round in $(seq "$SCALE_REPEATS"); do
+  for t in acsgate acsgate-2t; do
+    start_target "$t" all
+    wrk_load all "${LISTEN[$t]}" "$WARMUP" 2 >/dev/null
+    measure scale "$round" "$t" wrk_load all "${LISTEN[$t]}" "$DURATION" 2
+    stop "$PROXY"
+  done
+done
+
+echo "bench: h2c, h2load 8 connections x 8 streams" >&2
+for round in $(seq "$H2_REPEATS"); do
+  for t in nginx haproxy caddy acsgate; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    start_target "$t" "$PROXY_CPU"
+    measure h2c "$round" "$t" h2_load "${H2[$t]}"
+    stop "$PROXY"
+  done
+done
+
+echo "bench: streaming ${STREAM_MIB} MiB, direct vs through acsgate, nothing pinned" >&2
+stream_load() { # prints an @@RESULT line: the download rate in bytes/s
+  local size rate
+  read -r size rate < <(curl -fsS --max-time 120 -o /dev/null -w '%{size_download} %{speed_download}' "$1/big")
+  [ "$size" = $((STREAM_MIB * 1048576)) ] || { echo "stream: got $size bytes" >&2; return 1; }
+  echo "@@RESULT down_bps=$rate"
+}
+for round in $(seq "$STREAM_REPEATS"); do
+  for t in direct acsgate; do
+    start_target "$t" all
+    EXTRA="rss_before_kb=0"; [ -n "$PROXY" ] && EXTRA="rss_before_kb=$(hwm_kb "$PROXY")"
+    measure stream "$round" "$t" stream_load "http://127.0.0.1:${LISTEN[$t]}"
+    EXTRA=""
+    [ -n "$PROXY" ] && stop "$PROXY"
+  done
+done
+
+stop_all
+python3 "$HERE/summarize.py" "$RESULTS" | tee "$TMP/summary.txt"
+echo "bench: machine: $(nproc) CPUs; versions: $(nginx -v 2>&1 | cut -d/ -f2), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), caddy $(caddy version | cut -d' ' -f1), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $("$ACSGATE_BIN" --version)" | tee -a "$TMP/summary.txt"
