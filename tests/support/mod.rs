@@ -2,6 +2,7 @@
 //! `/metrics` scraper. Everything binds `127.0.0.1:0` and stops when dropped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod faults;
 pub mod ids;
 
 use std::collections::BTreeMap;
