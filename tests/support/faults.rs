@@ -572,3 +572,49 @@ impl GatewayProcess {
         sample(self.pid())
     }
 }
+
+/// What came back on a raw client connection.
+pub struct RawReply {
+    /// Everything the gateway sent.
+    pub bytes: Vec<u8>,
+    /// Whether the gateway closed the connection (EOF or reset) within the wait.
+    pub closed: bool,
+}
+
+impl RawReply {
+    /// Status codes of every response head in the reply, in order.
+    pub fn statuses(&self) -> Vec<u16> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        text.match_indices("HTTP/1.1 ")
+            .filter(|(i, _)| *i == 0 || text[..*i].ends_with('\n'))
+            .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+            .collect()
+    }
+}
+
+/// Writes `bytes` on a fresh connection to `addr` and reads until the gateway closes it or
+/// `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawReply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut reply = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return RawReply {
+                    bytes: reply,
+                    closed: true,
+                };
+            }
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                return RawReply {
+                    bytes: reply,
+                    closed: false,
+                };
+            }
+        }
+    }
+}
