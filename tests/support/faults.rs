@@ -132,6 +132,8 @@ impl FaultUpstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
+                // Heads and bodies go out in separate writes; no Nagle delay between them.
+                let _ = stream.set_nodelay(true);
                 let (policy, r, c) = (Arc::clone(&policy), Arc::clone(&r), Arc::clone(&c));
                 tokio::spawn(async move {
                     if serve(stream, policy, r).await == End::PeerClosed {
@@ -157,6 +159,15 @@ impl FaultUpstream {
     /// Requests whose head was read so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Whether a request carrying `name: value` was read (without copying the log).
+    pub fn has_seen(&self, name: &str, value: &str) -> bool {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.header(name) == Some(value))
     }
 
     /// Connections accepted so far.
@@ -394,12 +405,13 @@ async fn read_exact_hashed(
 }
 
 async fn respond(socket: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
-    let head = format!(
+    let mut response = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
-    );
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body).await
+    )
+    .into_bytes();
+    response.extend_from_slice(body);
+    socket.write_all(&response).await
 }
 
 async fn stream_body(socket: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<()> {
@@ -617,4 +629,27 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Raw
             }
         }
     }
+}
+
+/// HTTP/1.1 and h2c clients with `TCP_NODELAY`, for load drivers (Nagle would add 40 ms
+/// stalls between a request head and its body).
+pub fn fast_clients() -> (
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+) {
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    use hyper_util::rt::TokioExecutor;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let h1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    (h1, h2)
 }
