@@ -252,7 +252,7 @@ async fn serve(stream: TcpStream, policy: Policy, log: Arc<Mutex<Vec<Received>>>
             Fault::Raw(bytes) => socket.write_all(&bytes).await,
             Fault::CloseOnAccept => unreachable!("handled before the body"),
             Fault::ResetAfterRequest => {
-                let _ = socket.set_linger(Some(Duration::ZERO));
+                let _ = socket.set_zero_linger();
                 return End::Other;
             }
             Fault::Hang => return wait_for_close(socket).await,
