@@ -265,6 +265,11 @@ async fn g1_every_request_is_counted_exactly_once_under_random_faults() {
         after.sum("acsgate_requests_total", &[]) - before.sum("acsgate_requests_total", &[]),
         total as f64
     );
+    println!("soak| accounting (seed {seed:#x}) | requests sent | {total}");
+    println!(
+        "soak| accounting (seed {seed:#x}) | requests counted | {}",
+        after.sum("acsgate_requests_total", &[]) - before.sum("acsgate_requests_total", &[])
+    );
     // Histogram `_count` equals the counter for every (operation, status subclass).
     for (_, _, operation) in OPS {
         for subclass in ["2xx", "4xx", "5xx"] {

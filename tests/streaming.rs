@@ -49,7 +49,9 @@ async fn upload(gw: &GatewayProcess, h2: bool, len: u64) -> StatusCode {
         .uri(format!("http://{}/sms?api-version=2021-03-07", gw.proxy))
         .body(PatternBody::new(len))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(60), client(h2).request(request))
+    // Generous: 30 s plus 1 s per 8 MiB, for debug builds on a busy machine.
+    let limit = Duration::from_secs(30 + (len >> 23));
+    let response = tokio::time::timeout(limit, client(h2).request(request))
         .await
         .expect("answered")
         .expect("request succeeds");
@@ -102,11 +104,9 @@ async fn e5_large_uploads_stream_byte_identical_with_bounded_memory() {
         assert_eq!(r.body_sha256, expected, "upload corrupted");
     }
     let grew = peak.hwm_kib.saturating_sub(baseline.hwm_kib);
-    eprintln!(
-        "e5: {} MiB x2, VmHWM {} -> {} KiB (+{grew} KiB)",
-        len >> 20,
-        baseline.hwm_kib,
-        peak.hwm_kib
+    println!(
+        "soak| upload {} MiB, h1 + h2 | gateway VmHWM growth (KiB) | {grew}",
+        len >> 20
     );
     assert!(grew < HWM_BUDGET_KIB, "gateway peak RSS grew {grew} KiB");
 }
@@ -141,11 +141,9 @@ async fn e6_large_downloads_stream_byte_identical_with_bounded_memory() {
     }
     let peak = gw.sample();
     let grew = peak.hwm_kib.saturating_sub(baseline.hwm_kib);
-    eprintln!(
-        "e6: {} MiB x2, VmHWM {} -> {} KiB (+{grew} KiB)",
-        len >> 20,
-        baseline.hwm_kib,
-        peak.hwm_kib
+    println!(
+        "soak| download {} MiB, h1 + h2 | gateway VmHWM growth (KiB) | {grew}",
+        len >> 20
     );
     assert!(grew < HWM_BUDGET_KIB, "gateway peak RSS grew {grew} KiB");
 }
