@@ -74,4 +74,4 @@ step "slow body" 300 -- --test soak soak_slow_body
 echo
 printf '%-42s | %-44s | %s\n' scenario figure value
 printf '%s\n' "-------------------------------------------+----------------------------------------------+------------------"
-grep '^soak| ' "$log" | sed 's/^soak| //' | awk -F' [|] ' '{ printf "%-42s | %-44s | %s\n", $1, $2, $3 }'
+grep -o 'soak| .*' "$log" | sed 's/^soak| //' | awk -F' [|] ' '{ printf "%-42s | %-44s | %s\n", $1, $2, $3 }'

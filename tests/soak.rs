@@ -184,29 +184,30 @@ async fn slowhttptest(mode: &str, scenario: &str) {
         .skip(1)
         .map(|l| l.split(',').collect())
         .collect();
-    let still_open_at = |second: usize| {
-        rows.iter()
-            .find(|r| r.first().and_then(|s| s.parse::<usize>().ok()) == Some(second))
-            .and_then(|r| r.get(3).copied())
-            .unwrap_or("?")
-            .to_owned()
+    let column = |row: &Vec<&str>, i: usize| -> usize {
+        row.get(i).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
-    let unavailable = rows
-        .iter()
-        .filter(|r| r.get(4).is_some_and(|v| v.trim() == "0"))
-        .count();
-    report(scenario, "connections still open at 5 s", still_open_at(5));
+    let peak = rows.iter().map(|r| column(r, 3)).max().unwrap_or(0);
+    let last = rows.last();
+    let unavailable = rows.iter().filter(|r| column(r, 4) == 0).count();
+    report(scenario, "peak connections open", peak);
     report(
         scenario,
-        "connections still open at 10 s",
-        still_open_at(10),
+        "connections open at the last second",
+        last.map_or("?".to_owned(), |r| {
+            format!("{} (t = {} s)", column(r, 3), column(r, 0))
+        }),
     );
     report(
         scenario,
-        "connections still open at 14 s",
-        still_open_at(14),
+        "connections closed by the gateway",
+        last.map_or(0, |r| column(r, 1)),
     );
-    report(scenario, "seconds service unavailable", unavailable);
+    report(
+        scenario,
+        "seconds the probe found the service unavailable",
+        unavailable,
+    );
     report(scenario, "run time (s)", started.elapsed().as_secs());
     report(scenario, "probe after", probe(&gw).await);
 }

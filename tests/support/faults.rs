@@ -8,6 +8,7 @@
 //! status line. It records every request it read, including the raw head bytes so that tests
 //! can check the gateway's framing.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use ring::digest::{Context as Sha, SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// What the fault upstream does with one request, after it has read the request head (and,
@@ -103,10 +105,19 @@ type Policy = Arc<dyn Fn(&Received) -> Fault + Send + Sync>;
 /// The raw-TCP fault upstream; stops when dropped.
 pub struct FaultUpstream {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    accepted: Arc<AtomicUsize>,
-    closed_by_peer: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
+}
+
+/// What the connection tasks record.
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    /// `x-request-id` values seen, for drivers that wait for one request to arrive.
+    ids: Mutex<HashSet<String>>,
+    arrived: Notify,
+    accepted: AtomicUsize,
+    closed_by_peer: AtomicUsize,
 }
 
 impl FaultUpstream {
@@ -121,34 +132,22 @@ impl FaultUpstream {
         let policy: Policy = Arc::new(policy);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let closed_by_peer = Arc::new(AtomicUsize::new(0));
-        let (r, a, c) = (
-            Arc::clone(&received),
-            Arc::clone(&accepted),
-            Arc::clone(&closed_by_peer),
-        );
+        let shared = Arc::new(Shared::default());
+        let tasks = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
+                tasks.accepted.fetch_add(1, Ordering::SeqCst);
                 // Heads and bodies go out in separate writes; no Nagle delay between them.
                 let _ = stream.set_nodelay(true);
-                let (policy, r, c) = (Arc::clone(&policy), Arc::clone(&r), Arc::clone(&c));
+                let (policy, shared) = (Arc::clone(&policy), Arc::clone(&tasks));
                 tokio::spawn(async move {
-                    if serve(stream, policy, r).await == End::PeerClosed {
-                        c.fetch_add(1, Ordering::SeqCst);
+                    if serve(stream, policy, &shared).await == End::PeerClosed {
+                        shared.closed_by_peer.fetch_add(1, Ordering::SeqCst);
                     }
                 });
             }
         });
-        FaultUpstream {
-            addr,
-            received,
-            accepted,
-            closed_by_peer,
-            task,
-        }
+        FaultUpstream { addr, shared, task }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -158,32 +157,36 @@ impl FaultUpstream {
 
     /// Requests whose head was read so far.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.shared.received.lock().unwrap().clone()
     }
 
-    /// Whether a request carrying `name: value` was read (without copying the log).
-    pub fn has_seen(&self, name: &str, value: &str) -> bool {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|r| r.header(name) == Some(value))
+    /// Waits until a request with header `x-request-id: id` was read.
+    pub async fn wait_for_id(&self, id: &str) {
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.shared.ids.lock().unwrap().contains(id) {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections that ended because the gateway closed them.
     pub fn closed_by_peer(&self) -> usize {
-        self.closed_by_peer.load(Ordering::SeqCst)
+        self.shared.closed_by_peer.load(Ordering::SeqCst)
     }
 
     /// Waits up to 5 s until `n` request heads were read.
     pub async fn wait_for_requests(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.received.lock().unwrap().len() < n && Instant::now() < deadline {
+        while self.shared.received.lock().unwrap().len() < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -211,7 +214,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Raw heads are kept; bodies only hashed, so 1 GiB uploads cost no memory.
 const CHUNK: usize = 64 * 1024;
 
-async fn serve(stream: TcpStream, policy: Policy, log: Arc<Mutex<Vec<Received>>>) -> End {
+async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
     let mut stream = BufReader::new(stream);
     loop {
         let mut request = match read_head(&mut stream).await {
@@ -221,10 +224,14 @@ async fn serve(stream: TcpStream, policy: Policy, log: Arc<Mutex<Vec<Received>>>
         };
         let fault = policy(&request);
         let index = {
-            let mut log = log.lock().unwrap();
+            let mut log = shared.received.lock().unwrap();
             log.push(request.clone());
             log.len() - 1
         };
+        if let Some(id) = request.header("x-request-id") {
+            shared.ids.lock().unwrap().insert(id.to_owned());
+            shared.arrived.notify_waiters();
+        }
         if fault == Fault::CloseOnAccept {
             return End::Other;
         }
@@ -233,7 +240,7 @@ async fn serve(stream: TcpStream, policy: Policy, log: Arc<Mutex<Vec<Received>>>
         request.body_sha256 = sha;
         request.body_len = len;
         request.body_complete = complete;
-        log.lock().unwrap()[index] = request;
+        shared.received.lock().unwrap()[index] = request;
         if !complete {
             return End::PeerClosed;
         }
