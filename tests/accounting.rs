@@ -211,7 +211,7 @@ async fn g1_every_request_is_counted_exactly_once_under_random_faults() {
                         tokio::time::timeout(Duration::from_secs(10), client.request(req))
                             .await
                             .expect("answer within 10 s");
-                    let status = match response {
+                    match response {
                         Ok(response) => {
                             let status = response.status().as_u16();
                             // A truncated body must fail; everything else ends cleanly.
@@ -228,8 +228,7 @@ async fn g1_every_request_is_counted_exactly_once_under_random_faults() {
                         // send the 200, which is what it counts.
                         Err(_) if use_h2 && matches!(plan, Plan::Truncated) => 200,
                         Err(error) => panic!("request {i} ({plan:?}) got no answer: {error:?}"),
-                    };
-                    status
+                    }
                 };
                 assert_eq!(status, plan.expected(), "request {i} ({plan:?})");
                 *seen.entry((operation.to_owned(), status)).or_default() += 1;
