@@ -5,16 +5,16 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use acsgate::proxy::BadRoutePolicy;
-use support::faults::{Fault, FaultUpstream, GatewayProcess, raw_exchange, refused_addr};
+use support::faults::{
+    Fault, FaultUpstream, GatewayProcess, raw_exchange, refused_addr, tls_server,
+};
 use support::{Upstream, gateway, h1_client, json, request, send, settings};
 
 const CANARY: &str = "CANARY-SECRET-7f3a";
@@ -114,20 +114,11 @@ async fn h4_gateway_error_answers_echo_no_secret_and_no_upstream_address() {
 /// A TLS upstream on `localhost` with a self-signed certificate nobody trusts.
 async fn untrusted_tls_upstream() -> Upstream {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(certified.cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                certified.signing_key.serialize_der(),
-            )),
-        )
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, Arc::new(server)).await
+    let server = tls_server(
+        certified.cert.der().to_vec(),
+        certified.signing_key.serialize_der(),
+    );
+    Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, server).await
 }
 
 #[tokio::test]

@@ -38,6 +38,16 @@ fn no_smuggled(s: &Setup) {
     }
 }
 
+/// Sends `input` on a fresh connection and reads what comes back within 500 ms.
+async fn exchange(s: &Setup, input: &str) -> RawReply {
+    raw_exchange(
+        s.gw.proxy_addr(),
+        input.as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await
+}
+
 const SMUGGLE: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[tokio::test]
@@ -223,12 +233,7 @@ async fn c6_malformed_header_lines_are_rejected() {
 async fn c7_bare_lf_requests_go_upstream_framed_with_crlf() {
     let s = setup().await;
     let input = "POST /sms?api-version=2021-03-07 HTTP/1.1\nHost: x\nContent-Length: 5\nX-Ms-Client-Request-Id: 1\n\nhello";
-    let reply = raw_exchange(
-        s.gw.proxy_addr(),
-        input.as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+    let reply = exchange(&s, input).await;
     assert_eq!(reply.statuses(), [200]);
     s.upstream.wait_for_requests(1).await;
     let received = s.upstream.received();
@@ -254,12 +259,7 @@ async fn c11_hop_by_hop_headers_are_removed_and_host_is_the_upstream() {
         Connection: keep-alive, x-foo\r\nx-foo: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
         Upgrade: websocket\r\nProxy-Authorization: Basic eDp5\r\n\
         Authorization: HMAC-SHA256 Signature=abc\r\nContent-Length: 2\r\n\r\n{}";
-    let reply = raw_exchange(
-        s.gw.proxy_addr(),
-        input.as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+    let reply = exchange(&s, input).await;
     assert_eq!(reply.statuses(), [200]);
     s.upstream.wait_for_requests(1).await;
     let r = &s.upstream.received()[0];
@@ -282,12 +282,7 @@ async fn c11_hop_by_hop_headers_are_removed_and_host_is_the_upstream() {
 async fn c12_underscore_header_names_never_reach_the_upstream_next_to_their_dash_twin() {
     let s = setup().await;
     let input = "GET /sms HTTP/1.1\r\nHost: x\r\nx-ms-date: a\r\nx_ms_date: b\r\n\r\n";
-    let reply = raw_exchange(
-        s.gw.proxy_addr(),
-        input.as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+    let reply = exchange(&s, input).await;
     let forwarded = s.upstream.received();
     // Either rejected at the gateway, or forwarded without the underscore variant.
     if reply.statuses() == [400] {
@@ -306,12 +301,7 @@ async fn c13_connect_and_asterisk_form_are_refused_at_the_gateway() {
         "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
         "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
-        let reply = raw_exchange(
-            s.gw.proxy_addr(),
-            input.as_bytes(),
-            Duration::from_millis(500),
-        )
-        .await;
+        let reply = exchange(&s, input).await;
         let statuses = reply.statuses();
         assert!(
             statuses == [400] || statuses == [405],
@@ -331,12 +321,7 @@ async fn c13_absolute_form_and_encoded_traversal_keep_the_configured_upstream_an
     let s = setup().await;
     let input = "GET http://evil.example/chat/threads/..%2f..%2fadmin?api-version=2021-09-07 HTTP/1.1\r\n\
         Host: evil.example\r\n\r\n";
-    let reply = raw_exchange(
-        s.gw.proxy_addr(),
-        input.as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+    let reply = exchange(&s, input).await;
     assert_eq!(reply.statuses(), [200]);
     s.upstream.wait_for_requests(1).await;
     let r = &s.upstream.received()[0];

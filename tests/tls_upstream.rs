@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use acsgate::error::ERROR_HEADER;
 use support::{Upstream, gateway, h1_client, h2_client, json, request, scrape, send, settings};
@@ -28,20 +27,10 @@ fn pki() -> TestPki {
         .unwrap()
         .signed_by(&leaf_key, &issuer)
         .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(leaf.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let server = support::faults::tls_server(leaf.der().to_vec(), leaf_key.serialize_der());
     TestPki {
         ca_pem: ca_cert.pem(),
-        server: Arc::new(server),
+        server,
     }
 }
 
