@@ -332,3 +332,60 @@ async fn c13_absolute_form_and_encoded_traversal_keep_the_configured_upstream_an
     );
     assert_eq!(r.header("host"), Some(s.upstream.addr.to_string().as_str()));
 }
+
+#[tokio::test]
+async fn c14_random_chunkings_and_header_case_reach_the_upstream_byte_identical() {
+    let s = setup().await;
+    let mut rng = fastrand::Rng::with_seed(0xC14);
+    let cases = 40;
+    for case in 0..cases {
+        let body: Vec<u8> = (0..rng.usize(0..4096)).map(|_| rng.u8(..)).collect();
+        // Random chunk boundaries (and random-case hex sizes), random-case header names.
+        let mut framed = Vec::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let n = rng.usize(1..=rest.len().min(700));
+            let size = if rng.bool() {
+                format!("{n:x}")
+            } else {
+                format!("{n:X}")
+            };
+            framed.extend_from_slice(format!("{size}\r\n").as_bytes());
+            framed.extend_from_slice(&rest[..n]);
+            framed.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        framed.extend_from_slice(b"0\r\n\r\n");
+        let mut name = |n: &str| -> String {
+            n.chars()
+                .map(|c| {
+                    if rng.bool() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        };
+        let mut input = format!(
+            "POST /sms?api-version=2021-03-07 HTTP/1.1\r\n{}: x\r\n{}: chunked\r\n{}: close\r\n\r\n",
+            name("host"),
+            name("transfer-encoding"),
+            name("connection"),
+        )
+        .into_bytes();
+        input.extend_from_slice(&framed);
+        let reply = raw_exchange(s.gw.proxy_addr(), &input, WAIT).await;
+        assert_eq!(reply.statuses(), [200], "case {case}");
+        s.upstream.wait_for_requests(case + 1).await;
+        let r = &s.upstream.received()[case];
+        assert!(r.body_complete, "case {case}");
+        assert_eq!(r.body_sha256, support::faults::sha256(&body), "case {case}");
+    }
+    let m = scrape(s.gw.admin_addr()).await;
+    assert_eq!(
+        m.sum("acsgate_requests_total", &[("operation", "SMSMessageSent")]),
+        cases as f64,
+        "every chunking names the same operation"
+    );
+}
