@@ -17,16 +17,20 @@ struct TestPki {
 
 /// A CA and a `localhost` server certificate signed by it.
 fn pki() -> TestPki {
+    pki_with(|_| {})
+}
+
+/// A CA and a server certificate signed by it, its parameters changed by `leaf` first.
+fn pki_with(leaf: impl FnOnce(&mut CertificateParams)) -> TestPki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf(&mut leaf_params);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let server = support::faults::tls_server(leaf.der().to_vec(), leaf_key.serialize_der());
     TestPki {
         ca_pem: ca_cert.pem(),
@@ -144,6 +148,43 @@ async fn untrusted_upstream_certificate_gives_502_tls() {
         ),
         1.0
     );
+}
+
+/// Plan A9: a certificate from the trusted CA that names another host, or has expired, fails
+/// the handshake; no HTTP byte reaches the upstream.
+#[tokio::test]
+async fn wrong_name_or_expired_certificate_from_a_trusted_ca_gives_502_tls() {
+    let wrong_name = pki_with(|p| {
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("wrong.example".try_into().unwrap())];
+    });
+    let expired = pki_with(|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    for (what, pki) in [("wrong name", wrong_name), ("expired", expired)] {
+        let upstream =
+            Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, pki.server).await;
+        let ca = TempFile::new(&pki.ca_pem);
+        let mut s = settings(&format!("https://localhost:{}", upstream.addr.port()));
+        s.extra_ca_file = Some(ca.0.clone());
+        let gw = gateway(s).await;
+        let (response, _) = send(
+            &h1_client(),
+            request(
+                Method::POST,
+                gw.proxy_addr(),
+                "/identities?api-version=2022-06-01",
+                "{}",
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{what}");
+        assert_eq!(response.headers()[ERROR_HEADER], "tls", "{what}");
+        assert!(
+            upstream.seen().is_empty(),
+            "{what}: bytes reached the upstream"
+        );
+    }
 }
 
 #[test]
