@@ -178,7 +178,7 @@ fn h5_no_config_key_switches_tls_verification_off() {
 }
 
 #[tokio::test]
-async fn h6_host_and_authority_cannot_redirect_the_upstream() {
+async fn h6_d8_host_and_authority_cannot_redirect_the_upstream() {
     let upstream = FaultUpstream::fixed(Fault::ok()).await;
     let gw = gateway(settings(&upstream.url())).await;
     let configured = upstream.addr.to_string();
@@ -197,7 +197,9 @@ async fn h6_host_and_authority_cannot_redirect_the_upstream() {
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
+    // D8: `:authority` and `host` disagree; neither may steer the upstream.
     let request = Request::get("http://evil.example:443/rooms?api-version=2024-04-15")
+        .header("host", "other.example")
         .body(())
         .unwrap();
     let (response, _) = client.send_request(request, true).unwrap();
