@@ -8,7 +8,9 @@ use acsgate::catalogue::Catalogue;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT",
+];
 
 fuzz_target!(|data: &[u8]| {
     static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
@@ -19,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(rest);
     // The low bits pick a common method; otherwise the text before the first space is one.
     let (method, target) = if selector < 0xf0 {
-        (Method::from_bytes(METHODS[usize::from(selector) % METHODS.len()].as_bytes()).unwrap(), &*text)
+        (
+            Method::from_bytes(METHODS[usize::from(selector) % METHODS.len()].as_bytes()).unwrap(),
+            &*text,
+        )
     } else {
         match text.split_once(' ') {
             Some((m, t)) => match Method::from_bytes(m.as_bytes()) {

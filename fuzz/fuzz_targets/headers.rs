@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let before = headers.clone();
     remove_hop_by_hop(&mut headers);
-    for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(HeaderName::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(HeaderName::as_str))
+    {
         assert!(!headers.contains_key(name), "{name} survived");
     }
     for name in headers.keys() {
@@ -61,7 +65,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(hop || headers.contains_key(name), "{name} was dropped");
     }
     let host = before.get("host").cloned();
-    add_forwarded(&mut headers, Some(([127, 0, 0, 1], 4000).into()), "http", host);
+    add_forwarded(
+        &mut headers,
+        Some(([127, 0, 0, 1], 4000).into()),
+        "http",
+        host,
+    );
     for name in HOP_BY_HOP {
         assert!(!headers.contains_key(name), "{name} came back");
     }
