@@ -223,10 +223,11 @@ async fn g1_every_request_is_counted_exactly_once_under_random_faults() {
                             );
                             status
                         }
-                        // On h2 the 200 head, the first bytes and the RST_STREAM can arrive in
-                        // one read, and the client then reports only the reset. The gateway did
-                        // send the 200, which is what it counts.
-                        Err(_) if use_h2 && matches!(plan, Plan::Truncated) => 200,
+                        // The 200 head, the first bytes and the abort can reach the client
+                        // together (h2: HEADERS, DATA and RST_STREAM in one read), or hyper can
+                        // fail the connection before it flushed the head (h1): the client then
+                        // reports only the error. The gateway produced the 200, and counts that.
+                        Err(_) if matches!(plan, Plan::Truncated) => 200,
                         Err(error) => panic!("request {i} ({plan:?}) got no answer: {error:?}"),
                     }
                 };
