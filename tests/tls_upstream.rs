@@ -81,16 +81,7 @@ async fn https_upstream_trusted_through_the_extra_ca() {
     s.extra_ca_file = Some(ca.0.clone());
     let gw = gateway(s).await;
     for client in [h1_client(), h2_client()] {
-        let (response, body) = send(
-            &client,
-            request(
-                Method::POST,
-                gw.proxy_addr(),
-                "/identities?api-version=2022-06-01",
-                "{}",
-            ),
-        )
-        .await;
+        let (response, body) = create_identity(&client, &gw).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         // ALPN negotiated HTTP/2 with the upstream, whatever the client spoke.
         assert_eq!(body.as_ref(), b"h2");
@@ -150,6 +141,18 @@ async fn untrusted_upstream_certificate_gives_502_tls() {
     );
 }
 
+/// `POST /identities` (CreateIdentity) through the gateway.
+async fn create_identity(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    gw: &acsgate::server::Gateway,
+) -> (http::Response<()>, bytes::Bytes) {
+    let path = "/identities?api-version=2022-06-01";
+    send(client, request(Method::POST, gw.proxy_addr(), path, "{}")).await
+}
+
 /// Plan A9: a certificate from the trusted CA that names another host, or has expired, fails
 /// the handshake; no HTTP byte reaches the upstream.
 #[tokio::test]
@@ -168,16 +171,7 @@ async fn wrong_name_or_expired_certificate_from_a_trusted_ca_gives_502_tls() {
         let mut s = settings(&format!("https://localhost:{}", upstream.addr.port()));
         s.extra_ca_file = Some(ca.0.clone());
         let gw = gateway(s).await;
-        let (response, _) = send(
-            &h1_client(),
-            request(
-                Method::POST,
-                gw.proxy_addr(),
-                "/identities?api-version=2022-06-01",
-                "{}",
-            ),
-        )
-        .await;
+        let (response, _) = create_identity(&h1_client(), &gw).await;
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{what}");
         assert_eq!(response.headers()[ERROR_HEADER], "tls", "{what}");
         assert!(
