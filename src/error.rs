@@ -238,8 +238,22 @@ impl ErrorKind {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self.closes_connection() {
+            // HTTP/1: what follows on the connection cannot be trusted (an ambiguous body
+            // framing, tunnel bytes after CONNECT, an unread body). hyper drops this header
+            // on HTTP/2, where streams are framed independently.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.extensions_mut().insert(self);
         response
+    }
+
+    /// Whether the gateway closes an HTTP/1 connection after answering with this kind.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::BadRequest | ErrorKind::MethodNotAllowed | ErrorKind::ClientTimeout
+        )
     }
 }
 

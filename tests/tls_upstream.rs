@@ -17,9 +17,14 @@ struct TestPki {
 
 /// A CA and a `localhost` server certificate signed by it.
 fn pki() -> TestPki {
+    pki_with(|_| {})
+}
+
+/// A CA and a server certificate signed by it, its parameters changed by `edit` first.
+fn pki_with(edit: impl FnOnce(&mut rcgen::CertificateParams)) -> TestPki {
     let ca = TestCa::new();
     TestPki {
-        server: ca.leaf().server_config(),
+        server: ca.leaf_with(edit).server_config(),
         ca_pem: ca.pem,
     }
 }
@@ -45,16 +50,7 @@ async fn https_upstream_trusted_through_the_extra_ca() {
     s.extra_ca_file = Some(ca.0.clone());
     let gw = gateway(s).await;
     for client in [h1_client(), h2_client()] {
-        let (response, body) = send(
-            &client,
-            request(
-                Method::POST,
-                gw.proxy_addr(),
-                "/identities?api-version=2022-06-01",
-                "{}",
-            ),
-        )
-        .await;
+        let (response, body) = create_identity(&client, &gw).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         // ALPN negotiated HTTP/2 with the upstream, whatever the client spoke.
         assert_eq!(body.as_ref(), b"h2");
@@ -112,6 +108,46 @@ async fn untrusted_upstream_certificate_gives_502_tls() {
         ),
         1.0
     );
+}
+
+/// `POST /identities` (CreateIdentity) through the gateway.
+async fn create_identity(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    gw: &acsgate::server::Gateway,
+) -> (http::Response<()>, bytes::Bytes) {
+    let path = "/identities?api-version=2022-06-01";
+    send(client, request(Method::POST, gw.proxy_addr(), path, "{}")).await
+}
+
+/// Plan A9: a certificate from the trusted CA that names another host, or has expired, fails
+/// the handshake; no HTTP byte reaches the upstream.
+#[tokio::test]
+async fn wrong_name_or_expired_certificate_from_a_trusted_ca_gives_502_tls() {
+    let wrong_name = pki_with(|p| {
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("wrong.example".try_into().unwrap())];
+    });
+    let expired = pki_with(|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    for (what, pki) in [("wrong name", wrong_name), ("expired", expired)] {
+        let upstream =
+            Upstream::start_tls(|_| async { json(StatusCode::OK, "{}") }, pki.server).await;
+        let ca = TempFile::new(&pki.ca_pem);
+        let mut s = settings(&format!("https://localhost:{}", upstream.addr.port()));
+        s.extra_ca_file = Some(ca.0.clone());
+        let gw = gateway(s).await;
+        let (response, _) = create_identity(&h1_client(), &gw).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{what}");
+        assert_eq!(response.headers()[ERROR_HEADER], "tls", "{what}");
+        assert!(
+            upstream.seen().is_empty(),
+            "{what}: bytes reached the upstream"
+        );
+    }
 }
 
 #[test]

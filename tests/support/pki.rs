@@ -35,11 +35,16 @@ impl TestCa {
 
     /// A fresh key and a certificate for `localhost`.
     pub fn leaf(&self) -> Leaf {
+        self.leaf_with(|_| {})
+    }
+
+    /// A fresh key and a certificate for `localhost`, its parameters changed by `edit` first
+    /// (another name, an expired validity…).
+    pub fn leaf_with(&self, edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
