@@ -52,7 +52,10 @@ async fn soak_idle_connections() {
     let n = env_or("ACSGATE_SOAK_IDLE", 10_000);
     let wait = Duration::from_secs(env_or("ACSGATE_SOAK_IDLE_WAIT_SECS", 12) as u64);
     let upstream = FaultUpstream::fixed(Fault::ok()).await;
-    let gw = GatewayProcess::start(&upstream.url(), &[]).await;
+    // Above the default cap of 4,096 open connections, which would close the excess at once:
+    // this measures what the handshake deadline does to connections that are let in.
+    let cap = (n + 100).to_string();
+    let gw = GatewayProcess::start(&upstream.url(), &[("ACSGATE_MAX_CONNECTIONS", &cap)]).await;
     assert_eq!(probe(&gw).await, StatusCode::OK);
     let baseline = gw.sample();
     let mut conns = Vec::with_capacity(n);
