@@ -47,34 +47,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with("proxy-"))
-    {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
-    }
+    remove_where(headers, |name| name.starts_with("proxy-"));
 }
 
 /// Removes headers whose names contain `_`. Many servers (CGI, nginx by default) fold `_`
 /// into `-`, so `x_ms_date` next to `x-ms-date` could let a client smuggle a second value past
 /// whatever checks the dashed one; no ACS header has an underscore.
 pub fn remove_underscored(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| name.as_str().contains('_')) {
+    remove_where(headers, |name| name.contains('_'));
+}
+
+/// Removes every header whose (lower-case) name satisfies `matches`; allocates only when one
+/// does.
+fn remove_where(headers: &mut HeaderMap, matches: impl Fn(&str) -> bool) {
+    if !headers.keys().any(|name| matches(name.as_str())) {
         return;
     }
-    let underscored: Vec<HeaderName> = headers
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| matches(name.as_str()))
         .cloned()
         .collect();
-    for name in underscored {
+    for name in doomed {
         headers.remove(name);
     }
 }
