@@ -48,13 +48,15 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// An HMAC-signed request whose caller signature is missing or wrong (answered 401).
     Auth,
+    /// A bug in the gateway (a panic while handling the request).
+    Internal,
     /// A signed request body larger than `max_signed_body` (answered 413).
     TooLarge,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
@@ -70,6 +72,7 @@ impl ErrorKind {
         ErrorKind::MethodNotAllowed,
         ErrorKind::Auth,
         ErrorKind::TooLarge,
+        ErrorKind::Internal,
     ];
 
     /// The label value.
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Auth => "auth",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Internal => "internal",
         }
     }
 
@@ -111,6 +115,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Auth => StatusCode::UNAUTHORIZED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Reset | ErrorKind::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -229,6 +234,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "acsgate: CONNECT is not supported\n",
             ErrorKind::Auth => "acsgate: caller signature missing or invalid\n",
             ErrorKind::TooLarge => "acsgate: signed request body too large\n",
+            ErrorKind::Internal => "acsgate: internal error\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

@@ -6,6 +6,8 @@
 //!
 //! - the client goes away before the response head is ready: the service future is dropped,
 //!   and the request is recorded with status `499` and kind `client_abort`;
+//! - something below this layer panics: the request is recorded as `500` `internal`, and the
+//!   panic goes on to end the connection;
 //! - the response body ends or errors, or the client goes away while it streams: the request
 //!   is recorded with the response status (and the upstream error kind, if the body failed).
 //!
@@ -14,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -118,7 +121,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        // A panic below this layer is a gateway bug: record the request as 500 `internal`
+        // (not as a client abort), then let the panic end the connection's task as usual.
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
+        let Ok(response) = ready!(polled.unwrap_or_else(|panic| {
+            if let Some(mut guard) = this.guard.take() {
+                guard.status = ErrorKind::Internal.status();
+                guard.error = Some(ErrorKind::Internal);
+            }
+            panic::resume_unwind(panic)
+        }));
         let mut guard = this.guard.take().expect("polled after completion");
         if let Some(Reclassified(operation)) = response.extensions().get::<Reclassified>() {
             guard.operation = *operation;
@@ -258,5 +270,44 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::Catalogue;
+    use crate::metrics::{DEFAULT_BUCKETS, Metrics};
+    use tower::ServiceExt;
+
+    fn requests_with_status(metrics: &Metrics, status: &str) -> u64 {
+        let text = String::from_utf8(metrics.encode().unwrap()).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("acsgate_requests_total{"))
+            .filter(|l| l.contains(&format!("status_code=\"{status}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_panic_below_is_recorded_once_as_500() {
+        let catalogue = Catalogue::builtin();
+        let metrics = Metrics::new(DEFAULT_BUCKETS.to_vec()).unwrap();
+        let table = Arc::new(metrics.bind(&catalogue));
+        let mut request = Request::post("/sms").body(()).unwrap();
+        let classification = catalogue.classify(request.method(), "/sms", None);
+        request.extensions_mut().insert(classification);
+        let failing = tower::service_fn(|_: Request<CountBody<()>>| async {
+            panic!("a bug below the record layer");
+            #[allow(unreachable_code)]
+            Ok::<Response<http_body_util::Empty<bytes::Bytes>>, Infallible>(Response::default())
+        });
+        let service = RecordLayer::new(table).layer(failing);
+        let outcome = tokio::spawn(service.oneshot(request)).await;
+        assert!(outcome.is_err_and(|e| e.is_panic()));
+        assert_eq!(requests_with_status(&metrics, "500"), 1);
+        assert_eq!(requests_with_status(&metrics, "499"), 0);
+        let text = String::from_utf8(metrics.encode().unwrap()).unwrap();
+        assert!(text.contains("kind=\"internal\""), "{text}");
     }
 }
