@@ -48,10 +48,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// An HMAC-signed request whose caller signature is missing or wrong (answered 401).
     Auth,
-    /// A bug in the gateway (a panic while handling the request).
-    Internal,
     /// A signed request body larger than `max_signed_body` (answered 413).
     TooLarge,
+    /// A bug in the gateway (a panic while handling the request).
+    Internal,
 }
 
 impl ErrorKind {
