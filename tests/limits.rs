@@ -23,6 +23,16 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Fails unless the gateway closes `stream` within 5 s: a read sees EOF or a reset.
+async fn assert_closed_by_gateway(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection left open: {read:?}"
+    );
+}
+
 fn rejections(metrics: &support::Metrics, reason: &str) -> f64 {
     metrics.sum("acsgate_protocol_rejections_total", &[("reason", reason)])
 }
@@ -112,12 +122,7 @@ async fn silent_connections_are_closed_by_the_handshake_deadline() {
     assert_eq!(response.status(), StatusCode::OK);
     // Every silent connection is closed by the gateway: reads see EOF (or a reset).
     for stream in idle.iter_mut().chain(std::iter::once(&mut partial)) {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
-        assert!(
-            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-            "connection left open: {read:?}"
-        );
+        assert_closed_by_gateway(stream).await;
     }
     let metrics = scrape_until(gw.admin_addr(), |m| {
         rejections(m, "handshake_timeout") >= 1001.0
@@ -466,12 +471,7 @@ async fn idle_keep_alive_connections_are_closed_without_counting_rejections() {
         idle.push(stream);
     }
     for stream in &mut idle {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
-        assert!(
-            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-            "idle keep-alive connection left open: {read:?}"
-        );
+        assert_closed_by_gateway(stream).await;
     }
     let metrics = scrape(gw.admin_addr()).await;
     assert_eq!(metrics.sum("acsgate_requests_total", &[]), 200.0);
