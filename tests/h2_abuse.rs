@@ -5,7 +5,7 @@
 //! GOAWAY(ENHANCE_YOUR_CALM) once more than 20 streams were reset before being accepted;
 //! memory stays flat, other clients are unaffected, and whatever reached the service is
 //! counted once as 499. D7: a body that contradicts its `content-length` never reaches the
-//! upstream complete.
+//! upstream complete. D5: streams beyond `max_concurrent_streams` wait for a free slot.
 
 mod support;
 
@@ -145,4 +145,45 @@ async fn d7_content_length_contradicting_the_data_never_reaches_the_upstream_com
         m.sum("acsgate_requests_total", &[("status_code", "200")]),
         0.0
     );
+}
+
+/// D5: the gateway advertises `SETTINGS_MAX_CONCURRENT_STREAMS` 100 on h2. With the upstream
+/// holding every request, 101 requests on one h2 connection put exactly 100 at the upstream at
+/// once; the client queues the 101st until a stream closes, and then it is served too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_streams_beyond_max_concurrent_streams_wait_for_a_free_slot() {
+    let upstream = FaultUpstream::fixed(Fault::Delay {
+        after: Duration::from_secs(2),
+        status: 200,
+        body: b"{}".to_vec(),
+    })
+    .await;
+    let gw = support::gateway(support::settings(&upstream.url())).await;
+    let client = h2_client();
+    let calls: Vec<_> = (0..101)
+        .map(|_| {
+            let (client, proxy) = (client.clone(), gw.proxy_addr());
+            tokio::spawn(async move {
+                send(
+                    &client,
+                    request(Method::POST, proxy, "/sms?api-version=2021-03-07", "{}"),
+                )
+                .await
+                .0
+                .status()
+            })
+        })
+        .collect();
+    upstream.wait_for_requests(100).await;
+    // Give a 101st stream time to arrive if the limit did not hold.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream.received().len(),
+        100,
+        "streams at the upstream at once"
+    );
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(upstream.received().len(), 101);
 }

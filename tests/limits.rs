@@ -1,5 +1,5 @@
 //! Limits and lifecycle: what a hostile or careless client cannot do to the gateway, and how
-//! it drains. Plan rows C8–C10, E1, E3, E4, F1, F2, F4, G3 of the reliability plan.
+//! it drains. Plan rows C8–C10, E1, E2, E3, E4, F1, F2, F4, G3 of the reliability plan.
 
 mod support;
 
@@ -21,6 +21,16 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Fails unless the gateway closes `stream` within 5 s: a read sees EOF or a reset.
+async fn assert_closed_by_gateway(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection left open: {read:?}"
+    );
 }
 
 fn rejections(metrics: &support::Metrics, reason: &str) -> f64 {
@@ -112,12 +122,7 @@ async fn silent_connections_are_closed_by_the_handshake_deadline() {
     assert_eq!(response.status(), StatusCode::OK);
     // Every silent connection is closed by the gateway: reads see EOF (or a reset).
     for stream in idle.iter_mut().chain(std::iter::once(&mut partial)) {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
-        assert!(
-            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-            "connection left open: {read:?}"
-        );
+        assert_closed_by_gateway(stream).await;
     }
     let metrics = scrape_until(gw.admin_addr(), |m| {
         rejections(m, "handshake_timeout") >= 1001.0
@@ -419,4 +424,57 @@ async fn a_body_slower_than_its_deadline_gets_408_and_never_completes_upstream()
         ),
         1.0
     );
+}
+
+/// E2 (CI variant): 200 keep-alive connections that each made one request and then went quiet
+/// are closed by the header-read timeout, and an idle keep-alive connection closed that way is
+/// not a protocol rejection: `header_timeout` stays 0.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_without_counting_rejections() {
+    let upstream = Upstream::ok().await;
+    let mut s = settings(&upstream.url());
+    s.header_read_timeout = Some(Duration::from_millis(500));
+    let gw = gateway(s).await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut stream = TcpStream::connect(gw.proxy_addr()).await.unwrap();
+        stream
+            .write_all(b"GET /rooms?api-version=2024-04-15 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Read the whole response (head, then its Content-Length body) and keep the connection.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("response arrives")
+                .unwrap();
+            assert!(n > 0, "closed before the response: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if body.len() >= length {
+                    break;
+                }
+            }
+        }
+        idle.push(stream);
+    }
+    for stream in &mut idle {
+        assert_closed_by_gateway(stream).await;
+    }
+    let metrics = scrape(gw.admin_addr()).await;
+    assert_eq!(metrics.sum("acsgate_requests_total", &[]), 200.0);
+    assert_eq!(rejections(&metrics, "header_timeout"), 0.0);
+    assert_eq!(metrics.sum("acsgate_protocol_rejections_total", &[]), 0.0);
 }

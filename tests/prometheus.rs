@@ -568,7 +568,6 @@ fn dashboard_has_the_promised_variables_and_panels() {
 
 #[tokio::test]
 async fn promtool_accepts_the_metrics_exposition() {
-    let promtool = tool("promtool");
     let upstream = Upstream::ok().await;
     let gw = gateway(settings(&upstream.url())).await;
     let client = h1_client();
@@ -581,7 +580,13 @@ async fn promtool_accepts_the_metrics_exposition() {
             .text
             .contains("acsgate_request_duration_seconds_bucket")
     );
-    let mut child = Command::new(promtool)
+    promtool_check_metrics(&metrics.text);
+    gw.shutdown().await;
+}
+
+/// Runs `promtool check metrics` on an exposition and fails the test on any complaint.
+fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -592,10 +597,101 @@ async fn promtool_accepts_the_metrics_exposition() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(metrics.text.as_bytes())
+        .write_all(text.as_bytes())
         .expect("metrics written to promtool");
     let output = child.wait_with_output().expect("promtool finishes");
     assert!(output.status.success(), "{}", show(&output));
+}
+
+/// G2: 10,000 requests with seeded random methods and paths (catalogue routes, paths under a
+/// known api, and garbage) cannot grow the label sets: `promtool` accepts the exposition,
+/// every `operation` value is a catalogue operation, and `acsgate_requests_total` has at most
+/// one series per (operation, status code seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_random_paths_and_methods_keep_the_label_sets_bounded() {
+    const TASKS: u64 = 16;
+    const PER_TASK: u64 = 625;
+    let upstream = scripted_upstream().await;
+    let gw = gateway(settings(&upstream.url())).await;
+    let proxy = gw.proxy_addr();
+    let catalogue = support::catalogue();
+    let paths: Vec<String> = catalogue.routes().iter().map(support::route_path).collect();
+    let paths = std::sync::Arc::new(paths);
+    let client = h1_client();
+    let methods = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND",
+    ];
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (client, paths) = (client.clone(), std::sync::Arc::clone(&paths));
+            tokio::spawn(async move {
+                // xorshift64, seeded per task: the same traffic on every run.
+                let mut state = 0x9E37_79B9_7F4A_7C15 ^ (task + 1);
+                let mut next = move || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                for _ in 0..PER_TASK {
+                    let method = methods[(next() % methods.len() as u64) as usize];
+                    let path = match next() % 3 {
+                        0 => paths[(next() % paths.len() as u64) as usize].clone(),
+                        1 => format!(
+                            "/chat/threads/{:x}/x{:x}?api-version=2024-03-07",
+                            next(),
+                            next()
+                        ),
+                        _ => format!("/{:x}/{:x}?q={:x}", next(), next() % 1000, next()),
+                    };
+                    let status = STATUSES[(next() % STATUSES.len() as u64) as usize];
+                    let mut req = request(method.parse().unwrap(), proxy, &path, "{}");
+                    req.headers_mut()
+                        .insert(STATUS_HEADER, status.to_string().parse().unwrap());
+                    send(&client, req).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let metrics = support::scrape(gw.admin_addr()).await;
+    promtool_check_metrics(&metrics.text);
+    let names: std::collections::BTreeSet<&str> = catalogue
+        .operations()
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    for sample in &metrics.samples {
+        if let Some(operation) = sample.labels.get("operation") {
+            assert!(
+                names.contains(operation.as_str()),
+                "{}: {operation}",
+                sample.name
+            );
+        }
+    }
+    let requests: Vec<_> = metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "acsgate_requests_total")
+        .collect();
+    let statuses: std::collections::BTreeSet<_> = requests
+        .iter()
+        .filter_map(|s| s.labels.get("status_code"))
+        .collect();
+    assert!(
+        requests.len() <= names.len() * statuses.len(),
+        "{} series for {} operations × {} statuses",
+        requests.len(),
+        names.len(),
+        statuses.len()
+    );
+    assert_eq!(
+        metrics.sum("acsgate_requests_total", &[]),
+        (TASKS * PER_TASK) as f64
+    );
     gw.shutdown().await;
 }
 

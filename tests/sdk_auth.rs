@@ -266,12 +266,25 @@ async fn email_send_polling_comes_back_through_the_gateway() {
     );
 }
 
+/// Bearer token and query signature carrying canaries, for the log-leak test.
+const CANARY_TOKEN: &str = "Bearer CANARY-TOKEN-eyJhbGciOi.x.y";
+const CANARY_SIG: &str = "CANARY-SIG-3f9a";
+
+/// H3: with `RUST_LOG=trace`, signed requests (good and bad), a bearer token, a `?sig=` query,
+/// a 502 and a 504 leave no key, token or signature in anything the process writes.
 #[test]
 fn key_material_never_reaches_the_logs() {
+    use support::faults::{Fault, FaultUpstream};
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let upstream = verifying_upstream(ok).await;
+        let upstream = FaultUpstream::start(|r| match r.header("x-fault") {
+            Some("reset") => Fault::ResetAfterRequest,
+            Some("hang") => Fault::Hang,
+            _ => Fault::ok(),
+        })
+        .await;
         let log = support::pki::TempFile::new("");
+        let out = log.0.with_extension("out");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_acsgate"))
             .args([
                 "--log-format",
@@ -285,25 +298,41 @@ fn key_material_never_reaches_the_logs() {
             .env("RUST_LOG", "trace")
             .env("ACSGATE_UPSTREAM_ACCESS_KEY", resource_key())
             .env("ACSGATE_CALLER_ACCESS_KEY", local_key())
+            .env("ACSGATE_RESPONSE_TIMEOUT", "300ms")
             .env_remove("ACSGATE_CONFIG")
-            .stdout(std::fs::File::create(log.0.with_extension("out")).unwrap())
+            .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&log.0).unwrap())
             .spawn()
             .unwrap();
         let proxy = proxy_addr_from_log(&log.0).await;
         let client = h1_client();
+        let mut statuses = Vec::new();
         for key in [local_key(), resource_key()] {
             let body = Bytes::from_static(b"{}");
             let mut req = request(Method::POST, proxy, SEND, body.clone());
             acs_hmac::sign(&mut req, &key, &body, SystemTime::now());
-            send(&client, req).await;
+            statuses.push(send(&client, req).await.0.status().as_u16());
+        }
+        let sms = format!("/sms?api-version=2021-03-07&sig={CANARY_SIG}");
+        for fault in ["none", "reset", "hang"] {
+            let mut req = request(Method::POST, proxy, &sms, "{}");
+            let headers = req.headers_mut();
+            headers.insert("authorization", CANARY_TOKEN.parse().unwrap());
+            headers.insert("x-fault", fault.parse().unwrap());
+            statuses.push(send(&client, req).await.0.status().as_u16());
         }
         let _ = child.kill();
         let _ = child.wait();
-        let _ = std::fs::remove_file(log.0.with_extension("out"));
-        let logs = std::fs::read_to_string(&log.0).unwrap();
-        assert_eq!(upstream.seen().len(), 1, "the good request was forwarded");
-        // The logs are there (trace level, the refusal reason), the keys are not.
+        let logs =
+            std::fs::read_to_string(&log.0).unwrap() + &std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(statuses, [200, 401, 200, 502, 504]);
+        assert_eq!(
+            upstream.received().len(),
+            4,
+            "all but the refused one forwarded"
+        );
+        // The logs are there (trace level, the refusal reason), the secrets are not.
         assert!(logs.contains("caller signature refused"), "{logs}");
         for secret in [local_key(), resource_key()] {
             let decoded = String::from_utf8(
@@ -314,7 +343,8 @@ fn key_material_never_reaches_the_logs() {
             assert!(!logs.contains(&secret), "base64 key in the logs");
             assert!(!logs.contains(&decoded), "raw key in the logs");
         }
-        assert!(!logs.contains("CANARY"), "key material in the logs");
+        let leaks: Vec<&str> = logs.lines().filter(|l| l.contains("CANARY")).collect();
+        assert!(leaks.is_empty(), "secret material in the logs: {leaks:#?}");
     });
 }
 

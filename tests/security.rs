@@ -1,7 +1,8 @@
 //! Reliability plan group H: security boundaries. The proxy port never serves the admin
 //! endpoints (H1); the gateway's own error answers echo no secret and no upstream address
 //! (H4); no setting switches upstream TLS verification off (H5); neither `Host` nor
-//! `:authority` can point the gateway at another host (H6).
+//! `:authority` can point the gateway at another host (H6); the admin port binds loopback by
+//! default (H2).
 
 mod support;
 
@@ -205,4 +206,31 @@ async fn h6_d8_host_and_authority_cannot_redirect_the_upstream() {
         assert_eq!(r.header("host"), Some(configured.as_str()));
         assert!(r.target.starts_with("/rooms"), "origin-form: {}", r.target);
     }
+}
+
+/// H2: with no admin address configured, the admin listener binds loopback only, so
+/// `/metrics` is never exposed beyond the pod/host by default.
+#[tokio::test]
+async fn h2_the_default_admin_address_is_loopback() {
+    let default: std::net::SocketAddr = acsgate::config::DEFAULT_ADMIN.parse().unwrap();
+    assert!(default.ip().is_loopback(), "{default}");
+    let upstream = Upstream::ok().await;
+    let mut s = settings(&upstream.url());
+    s.admin = None;
+    let mut config = acsgate::config::Config::from_settings(s).unwrap();
+    assert_eq!(config.admin, default);
+    // Defaults other than the port, which must be free in a test.
+    config.admin.set_port(0);
+    let gw = acsgate::server::Gateway::start(&config).await.unwrap();
+    assert_eq!(
+        gw.admin_addr().ip(),
+        std::net::Ipv4Addr::LOCALHOST,
+        "admin bound beyond loopback"
+    );
+    let (response, _) = send(
+        &h1_client(),
+        request(Method::GET, gw.admin_addr(), "/metrics", ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
 }

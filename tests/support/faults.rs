@@ -590,6 +590,15 @@ impl GatewayProcess {
     pub fn sample(&self) -> ProcSample {
         sample(self.pid())
     }
+
+    /// Sends the child SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+    }
 }
 
 /// What came back on a raw client connection.

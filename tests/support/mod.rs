@@ -267,6 +267,21 @@ pub async fn scrape(admin: SocketAddr) -> Metrics {
     }
 }
 
+/// Scrapes `/metrics` like [`scrape`], or `None` when the admin port does not answer (it
+/// closes at the end of a shutdown).
+pub async fn try_scrape(admin: SocketAddr) -> Option<Metrics> {
+    let response = h1_client()
+        .request(request(Method::GET, admin, "/metrics", ""))
+        .await
+        .ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let text = String::from_utf8(body.to_vec()).expect("metrics are UTF-8");
+    Some(Metrics {
+        samples: scrape::parse(&text).expect("metrics parse"),
+        text,
+    })
+}
+
 /// A parsed scrape.
 pub struct Metrics {
     pub samples: Vec<Sample>,
