@@ -81,6 +81,9 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// After SIGTERM/SIGINT, how long the admin port outlives the drained proxy.
+pub const ADMIN_LINGER: Duration = Duration::from_secs(1);
+
 /// A running gateway: both listeners bound and serving.
 pub struct Gateway {
     proxy_addr: SocketAddr,
@@ -246,10 +249,15 @@ impl Gateway {
         tracing::info!("acsgate stopped");
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully; the admin port stays open
+    /// [`ADMIN_LINGER`] after the proxy has drained.
+    pub async fn run_until_signal(mut self) {
         shutdown_signal().await;
         tracing::info!("shutdown signal received; draining");
+        self.drain().await;
+        // Requests cut by the drain deadline are counted as the drain ends; give a scraper
+        // watching the shutdown a moment to read those final counts before the port closes.
+        tokio::time::sleep(ADMIN_LINGER).await;
         self.shutdown().await;
     }
 }

@@ -156,8 +156,6 @@ async fn f3_sigterm_mid_upload_past_the_drain_deadline_never_completes_upstream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "missing: the cut request is counted only as the drain ends and the binary closes \
-            its admin port right then (no linger), so scrapes during the drain miss the count"]
 async fn f3_the_request_cut_by_the_drain_deadline_can_be_scraped_counted_once() {
     let last = cut_upload_past_the_drain_deadline().await;
     let labels = [("operation", "SMSMessageSent")];
