@@ -60,7 +60,7 @@ if [ -z "$ACSGATE_BIN" ]; then
 fi
 [ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
 
-TMP="$(mktemp -d /tmp/acsgate-bench.XXXXXX)"
+TMP="$(mktemp -d -t acsgate-bench.XXXXXX)"
 chmod 755 "$TMP"   # nginx workers (www-data) read the streaming file from here
 RESULTS="$TMP/results.tsv"
 echo "bench: results in $TMP" >&2
