@@ -2,14 +2,16 @@
 //! `acsgate routes`, `acsgate healthcheck`. Every gateway option is global, so it can follow
 //! any subcommand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::auth::{CALLER_KEY_ENV, Secret, UPSTREAM_KEY_ENV};
 use crate::catalogue::Catalogue;
-use crate::config::{ConfigError, Settings};
+use crate::config::{Config, ConfigError, Settings};
+use crate::reload::ConfigSource;
 
 /// A metering reverse proxy for the Azure Communication Services REST APIs.
 #[derive(Debug, Parser)]
@@ -95,16 +97,30 @@ pub struct DemoArgs {
 impl Cli {
     /// The merged settings: command line and environment over the config file.
     pub fn merged_settings(&self) -> Result<Settings, ConfigError> {
-        let file = match &self.config {
-            Some(path) => Settings::from_file(path)?,
-            None => Settings::default(),
-        };
-        let mut settings = self.settings.clone().or(file);
-        // Keys come from the environment only, never from a flag or the file.
-        settings.upstream_access_key = Secret::from_env(UPSTREAM_KEY_ENV);
-        settings.caller_access_key = Secret::from_env(CALLER_KEY_ENV);
-        Ok(settings)
+        merge(self.config.as_deref(), &self.settings)
     }
+
+    /// What a reload reads: the config file again, under the same flags and environment.
+    pub fn config_source(&self) -> ConfigSource {
+        let (file, settings) = (self.config.clone(), self.settings.clone());
+        Arc::new(move || {
+            merge(file.as_deref(), &settings)
+                .and_then(Config::from_settings)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn merge(file: Option<&Path>, settings: &Settings) -> Result<Settings, ConfigError> {
+    let file = match file {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let mut settings = settings.clone().or(file);
+    // Keys come from the environment only, never from a flag or the file.
+    settings.upstream_access_key = Secret::from_env(UPSTREAM_KEY_ENV);
+    settings.caller_access_key = Secret::from_env(CALLER_KEY_ENV);
+    Ok(settings)
 }
 
 /// Renders the catalogue as an aligned table, one route per line (`acsgate routes`).

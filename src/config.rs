@@ -4,6 +4,7 @@
 //! [`Settings`] is both the clap argument group and the file model, so every option has one
 //! name everywhere: `--response-timeout`, `ACSGATE_RESPONSE_TIMEOUT`, `response_timeout`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use http::uri::Scheme;
 use crate::auth::{AuthConfig, CallerAuth, KeySource, Secret};
 use crate::body_rate::{BodyRate, RATE_GRACE};
 use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
-use crate::metrics::DEFAULT_BUCKETS;
+use crate::metrics::{DEFAULT_BUCKETS, HISTOGRAMS, MetricsOptions};
 use crate::proxy::client::ClientSettings;
 use crate::proxy::{BadRoutePolicy, ForwardTimeouts, Upstream};
 use crate::tls::TlsFiles;
@@ -177,6 +178,19 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(skip)]
     pub caller_access_key: Option<Secret>,
+    // --- cardinality controls ---
+    /// Whether acsgate_requests_total carries `status_code`; false keeps only `status_subclass` [default: true]
+    #[arg(long, env = "ACSGATE_METRICS_STATUS_CODE", global = true)]
+    pub metrics_status_code: Option<bool>,
+
+    /// Whether acsgate_request_duration_seconds carries `operation`; false keeps only `api` [default: true]
+    #[arg(long, env = "ACSGATE_METRICS_DURATION_OPERATION", global = true)]
+    pub metrics_duration_operation: Option<bool>,
+
+    /// Bucket lists by histogram name (config file only), e.g.
+    /// `[histogram_buckets]` / `acsgate_request_duration_seconds = [0.05, 0.25, 1]`.
+    #[arg(skip)]
+    pub histogram_buckets: Option<BTreeMap<String, Vec<f64>>>,
 }
 
 impl Settings {
@@ -237,6 +251,12 @@ impl Settings {
             tls_key_file: self.tls_key_file.or(lower.tls_key_file),
             upstream_access_key: self.upstream_access_key.or(lower.upstream_access_key),
             caller_access_key: self.caller_access_key.or(lower.caller_access_key),
+            // --- cardinality controls ---
+            metrics_status_code: self.metrics_status_code.or(lower.metrics_status_code),
+            metrics_duration_operation: self
+                .metrics_duration_operation
+                .or(lower.metrics_duration_operation),
+            histogram_buckets: self.histogram_buckets.or(lower.histogram_buckets),
         }
     }
 }
@@ -313,8 +333,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
-    /// Duration histogram buckets, seconds.
-    pub buckets: Vec<f64>,
+    /// Buckets and labels of the per-request families.
+    pub metrics: MetricsOptions,
     // --- inbound events (issue 4) ---
     /// The events listener, when configured.
     pub events: Option<EventsConfig>,
@@ -418,8 +438,7 @@ impl Config {
         }
         let limits = Limits::from_settings(&settings)?;
         let events = events_config(&settings, listen, admin)?;
-        let buckets = settings.buckets.unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
-        validate_buckets(&buckets)?;
+        let metrics = metrics_options(&settings)?;
         // --- SDK auth and TLS listener ---
         let auth = AuthConfig::load(
             KeySource {
@@ -486,7 +505,7 @@ impl Config {
                 settings.drain_timeout,
                 Duration::from_secs(25),
             )?,
-            buckets,
+            metrics,
             limits,
             events,
             auth,
@@ -590,23 +609,56 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
     }
 }
 
-fn validate_buckets(buckets: &[f64]) -> Result<(), ConfigError> {
+/// The cardinality controls: `buckets` (shorthand for the duration histogram) or
+/// `histogram_buckets` by metric name, and the two optional labels.
+fn metrics_options(settings: &Settings) -> Result<MetricsOptions, ConfigError> {
+    let mut duration = settings.buckets.clone().map(|buckets| ("buckets", buckets));
+    for (name, buckets) in settings.histogram_buckets.iter().flatten() {
+        if !HISTOGRAMS.contains(&name.as_str()) {
+            return Err(invalid(
+                "histogram_buckets",
+                format!(
+                    "`{name}` is not a histogram (there is {})",
+                    HISTOGRAMS.join(", ")
+                ),
+            ));
+        }
+        if duration.is_some() {
+            return Err(invalid(
+                "histogram_buckets",
+                format!("`{name}` is also set by `buckets`: set one of them"),
+            ));
+        }
+        duration = Some(("histogram_buckets", buckets.clone()));
+    }
+    let duration_buckets = match duration {
+        Some((key, buckets)) => validate_buckets(key, buckets)?,
+        None => DEFAULT_BUCKETS.to_vec(),
+    };
+    Ok(MetricsOptions {
+        duration_buckets,
+        status_code_label: settings.metrics_status_code.unwrap_or(true),
+        duration_operation_label: settings.metrics_duration_operation.unwrap_or(true),
+    })
+}
+
+fn validate_buckets(key: &'static str, buckets: Vec<f64>) -> Result<Vec<f64>, ConfigError> {
     if buckets.is_empty() {
-        return Err(invalid("buckets", "at least one bucket is needed"));
+        return Err(invalid(key, "at least one bucket is needed"));
     }
     if let Some(bad) = buckets.iter().find(|b| !b.is_finite() || **b <= 0.0) {
         return Err(invalid(
-            "buckets",
+            key,
             format!("{bad} is not a positive number of seconds"),
         ));
     }
     if let Some(pair) = buckets.windows(2).find(|w| w[0] >= w[1]) {
         return Err(invalid(
-            "buckets",
+            key,
             format!("must increase strictly ({} then {})", pair[0], pair[1]),
         ));
     }
-    Ok(())
+    Ok(buckets)
 }
 
 #[cfg(test)]
@@ -629,7 +681,7 @@ mod tests {
         assert_eq!(config.admin, DEFAULT_ADMIN.parse().unwrap());
         assert_eq!(config.bad_route, BadRoutePolicy::Forward);
         assert!(config.catalogue.builtin);
-        assert_eq!(config.buckets, DEFAULT_BUCKETS.to_vec());
+        assert_eq!(config.metrics, MetricsOptions::default());
         assert_eq!(config.timeouts.response, Duration::from_secs(30));
     }
 
@@ -683,7 +735,7 @@ mod tests {
         assert_eq!(config.listen.port(), 28080);
         assert_eq!(config.timeouts.response, Duration::from_secs(2));
         assert_eq!(config.bad_route, BadRoutePolicy::Reject);
-        assert_eq!(config.buckets, vec![0.1, 1.0]);
+        assert_eq!(config.metrics.duration_buckets, vec![0.1, 1.0]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ use crate::server::{self, StartError};
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
 /// Validated settings of the events listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
     /// Where Event Grid delivers.
     pub listen: SocketAddr,

@@ -20,5 +20,6 @@ pub mod events;
 pub mod healthcheck;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod tls;

@@ -43,10 +43,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let settings = cli.merged_settings().map_err(|e| e.to_string())?;
+    let reload_source = cli.config_source();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let config = Config::from_settings(settings).map_err(|e| e.to_string())?;
             let gateway = Gateway::start(&config).await.map_err(|e| e.to_string())?;
+            gateway.watch_config(reload_source, cli.config);
             gateway.run_until_signal().await;
             Ok(())
         }

@@ -23,10 +23,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -41,17 +43,20 @@ use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::Admin;
-use crate::admission::AdmissionLayer;
-use crate::auth::SignLayer;
-use crate::body_rate::BodyRateLayer;
+use crate::admission::Admission;
+use crate::auth::Sign;
+use crate::body_rate::RateService;
 use crate::catalogue::{Catalogue, CatalogueError};
-use crate::classify::{ClassifyLayer, PeekBodyLayer};
+use crate::classify::{Classify, PeekBody, PeekBodyLayer};
 use crate::config::{Config, Limits};
 use crate::error::BoxError;
 use crate::events::EventsListener;
-use crate::metrics::{Metrics, ProtocolRejections, RecordLayer, RejectionReason};
+use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::Forward;
-use crate::proxy::client::{self, ClientError};
+use crate::proxy::client::ClientError;
+use crate::reload::{
+    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadSummary, Reloader, Reloading,
+};
 use crate::tls::{TlsAccept, TlsError};
 
 /// Why a gateway could not start.
@@ -96,6 +101,9 @@ pub struct Gateway {
     admin_task: JoinHandle<()>,
     // --- inbound events (issue 4) ---
     events: Option<EventsListener>,
+    // --- hot reload ---
+    reloader: Arc<dyn Reload>,
+    stop_watching: CancellationToken,
 }
 
 impl Gateway {
@@ -110,21 +118,8 @@ impl Gateway {
         config: &Config,
         catalogue: Arc<Catalogue>,
     ) -> Result<Gateway, StartError> {
-        let metrics = Metrics::new(config.buckets.clone())?;
-        let table = Arc::new(metrics.bind(&catalogue));
-        let forward = Forward::new(
-            client::build(&config.client)?,
-            config.upstream.clone(),
-            config.timeouts,
-            config.bad_route,
-            Arc::clone(&catalogue),
-            if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-        );
-        let sign = SignLayer::new(&config.auth, &config.upstream);
+        let metrics = Metrics::with_options(&config.metrics)?;
+        metrics.reloads().stamp();
         // Only a real (https) ACS endpoint refuses calls signed for the sidecar's host.
         if config.auth.resign.is_none() && config.upstream.scheme == http::uri::Scheme::HTTPS {
             tracing::warn!(
@@ -139,17 +134,20 @@ impl Gateway {
             )?),
             None => None,
         };
-        let classify = ClassifyLayer::new(Arc::clone(&catalogue));
-        let record = RecordLayer::new(table);
         let drain_expired = CancellationToken::new();
-        let limits = config.limits;
-        let admission = AdmissionLayer::new(
-            limits.max_in_flight,
-            limits.max_uri_bytes,
+        let pipeline = Pipeline::build(
+            config.clone(),
+            Arc::clone(&catalogue),
+            &metrics,
+            &drain_expired,
+            None,
+        )?;
+        let current = Arc::new(ArcSwap::from_pointee(pipeline));
+        let reloader = Arc::new(Reloader::new(
+            Arc::clone(&current),
+            metrics.clone(),
             drain_expired.clone(),
-        );
-
-        let body_rate = BodyRateLayer::new(limits.body_rate);
+        ));
 
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
@@ -172,16 +170,7 @@ impl Gateway {
         let proxy_task = tokio::spawn(serve(
             proxy,
             proxy_policy,
-            move |peer| {
-                ServiceBuilder::new()
-                    .layer(classify.clone())
-                    .layer(record.clone())
-                    .layer(admission.clone())
-                    .layer(body_rate)
-                    .layer(sign.clone())
-                    .layer(PeekBodyLayer)
-                    .service(forward.for_peer(peer))
-            },
+            move |peer| Reloading::new(Arc::clone(&current), request_stack, peer),
             proxy_stopped,
         ));
         let admin_service = Admin::new(metrics.clone(), Arc::clone(&ready));
@@ -203,6 +192,8 @@ impl Gateway {
             proxy_task,
             admin_task,
             events,
+            reloader,
+            stop_watching: CancellationToken::new(),
         })
     }
 
@@ -226,10 +217,28 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Applies a new configuration without a restart; see [`crate::reload`]. On error the
+    /// running configuration keeps serving.
+    pub fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        self.reloader.reload(config)
+    }
+
+    /// Reloads from `source` on `SIGHUP` and whenever `config_file`, a catalogue file or the
+    /// extra CA file changes, until the gateway drains.
+    pub fn watch_config(&self, source: ConfigSource, config_file: Option<PathBuf>) {
+        tokio::spawn(reload::watch(
+            Arc::clone(&self.reloader),
+            source,
+            config_file,
+            self.stop_watching.clone(),
+        ));
+    }
+
     /// Stops accepting proxy connections and drains in-flight requests up to the drain
     /// deadline. The admin port stays open, so the final counts can still be scraped.
     pub async fn drain(&mut self) {
         self.ready.store(false, Ordering::Release);
+        self.stop_watching.cancel();
         let _ = self.stop_proxy.send(true);
         if let Err(error) = (&mut self.proxy_task).await {
             tracing::error!(%error, "proxy listener task failed");
@@ -260,6 +269,21 @@ impl Gateway {
         tokio::time::sleep(ADMIN_LINGER).await;
         self.shutdown().await;
     }
+}
+
+/// The proxy's layers, outermost first; see the [module docs](self).
+type RequestStack<B> = Classify<Record<Admission<RateService<Sign<PeekBody<Forward<B>>>>>>>;
+
+/// Builds the [`RequestStack`] from the pipeline current when a request arrives.
+fn request_stack<B>(pipeline: &Pipeline<B>, peer: SocketAddr) -> RequestStack<B> {
+    ServiceBuilder::new()
+        .layer(pipeline.classify.clone())
+        .layer(pipeline.record.clone())
+        .layer(pipeline.admission.clone())
+        .layer(pipeline.body_rate)
+        .layer(pipeline.sign.clone())
+        .layer(PeekBodyLayer)
+        .service(pipeline.forward.for_peer(peer))
 }
 
 pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -11,12 +11,15 @@
 
 mod layer;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -31,10 +34,39 @@ pub const DEFAULT_BUCKETS: [f64; 17] = [
     60.0,
 ];
 
+/// How the per-request families are bucketed and labelled: the cardinality controls.
+///
+/// For very large fleets, `acsgate_requests_total` can drop `status_code` (keeping
+/// `status_subclass`) and `acsgate_request_duration_seconds` can drop `operation` (keeping
+/// `api`); the README's metrics reference gives the series count of each choice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsOptions {
+    /// Buckets of `acsgate_request_duration_seconds`, in seconds, strictly increasing.
+    pub duration_buckets: Vec<f64>,
+    /// Whether `acsgate_requests_total` carries `status_code`.
+    pub status_code_label: bool,
+    /// Whether `acsgate_request_duration_seconds` carries `operation`.
+    pub duration_operation_label: bool,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        MetricsOptions {
+            duration_buckets: DEFAULT_BUCKETS.to_vec(),
+            status_code_label: true,
+            duration_operation_label: true,
+        }
+    }
+}
+
+/// The histogram families and their configurable bucket lists, by metric name.
+pub const HISTOGRAMS: [&str; 1] = ["acsgate_request_duration_seconds"];
+
 /// The gateway's metric families, registered in their own registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    options: Arc<MetricsOptions>,
     requests: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGaugeVec,
@@ -43,27 +75,53 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     gateway_errors: IntCounterVec,
     protocol_rejections: IntCounterVec,
+    reloads: ReloadMetrics,
+}
+
+/// `acsgate_config_reloads_total{result}` and
+/// `acsgate_config_last_reload_success_timestamp_seconds`.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    last_success: Gauge,
+}
+
+impl ReloadMetrics {
+    /// Counts a reload and, when it succeeded, stamps the time.
+    pub fn count(&self, succeeded: bool) {
+        if succeeded {
+            self.success.inc();
+            self.stamp();
+        } else {
+            self.failure.inc();
+        }
+    }
+
+    /// Sets the last-success timestamp to now (the start-up load counts as a success).
+    pub fn stamp(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_success.set(now.as_secs_f64());
+    }
 }
 
 impl Metrics {
-    /// Creates and registers every family, with the given duration buckets (seconds).
+    /// Creates and registers every family, with the given duration buckets (seconds) and
+    /// every label.
     pub fn new(buckets: Vec<f64>) -> Result<Self, prometheus::Error> {
+        Metrics::with_options(&MetricsOptions {
+            duration_buckets: buckets,
+            ..MetricsOptions::default()
+        })
+    }
+
+    /// Creates and registers every family, bucketed and labelled as `options` says.
+    pub fn with_options(options: &MetricsOptions) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "acsgate_requests_total",
-                "Requests proxied, by ACS api, operation and response status.",
-            ),
-            &["api", "operation", "status_code", "status_subclass"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "acsgate_request_duration_seconds",
-                "Time from request head received to response body end, in seconds.",
-            )
-            .buckets(buckets),
-            &["api", "operation", "status_subclass"],
-        )?;
+        let requests = requests_family(options)?;
+        let duration = duration_family(options)?;
         let in_flight = IntGaugeVec::new(
             Opts::new(
                 "acsgate_requests_in_flight",
@@ -107,6 +165,17 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "acsgate_config_reloads_total",
+                "Configuration reloads (SIGHUP or a watched file changed), by result.",
+            ),
+            &["result"],
+        )?;
+        let last_reload_success = Gauge::new(
+            "acsgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start-up or reload).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "acsgate_build_info",
@@ -126,6 +195,8 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(gateway_errors.clone()))?;
         registry.register(Box::new(protocol_rejections.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -133,6 +204,7 @@ impl Metrics {
 
         Ok(Metrics {
             registry,
+            options: Arc::new(options.clone()),
             requests,
             duration,
             in_flight,
@@ -141,7 +213,17 @@ impl Metrics {
             upstream_errors,
             gateway_errors,
             protocol_rejections,
+            reloads: ReloadMetrics {
+                success: config_reloads.with_label_values(&["success"]),
+                failure: config_reloads.with_label_values(&["failure"]),
+                last_success: last_reload_success,
+            },
         })
+    }
+
+    /// The reload counters and timestamp.
+    pub fn reloads(&self) -> &ReloadMetrics {
+        &self.reloads
     }
 
     /// The per-reason counters of `acsgate_protocol_rejections_total`, resolved once.
@@ -157,6 +239,64 @@ impl Metrics {
     /// The registry, for encoding or for registering more collectors.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The options these families were made with.
+    pub fn options(&self) -> &MetricsOptions {
+        &self.options
+    }
+
+    /// These families as `options` asks. A family whose buckets or labels change is replaced
+    /// in the registry by a new one, which starts empty (observations cannot be re-bucketed or
+    /// re-labelled); every other family, and every value in it, is kept.
+    pub fn reconfigure(&self, options: &MetricsOptions) -> Result<Metrics, prometheus::Error> {
+        let mut next = self.clone();
+        if options.status_code_label != self.options.status_code_label {
+            next.requests = requests_family(options)?;
+            self.replace(&self.requests, &next.requests)?;
+        }
+        if options.duration_buckets != self.options.duration_buckets
+            || options.duration_operation_label != self.options.duration_operation_label
+        {
+            next.duration = duration_family(options)?;
+            self.replace(&self.duration, &next.duration)?;
+        }
+        next.options = Arc::new(options.clone());
+        Ok(next)
+    }
+
+    fn replace<C: Collector + Clone + 'static>(
+        &self,
+        old: &C,
+        new: &C,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.unregister(Box::new(old.clone()))?;
+        self.registry.register(Box::new(new.clone()))
+    }
+
+    /// Removes every series of the given `(api, operation)` pairs (operations a reload took
+    /// out of the catalogue), so dashboards stop listing them.
+    pub fn remove_operations(&self, removed: &[(&str, &str)]) {
+        if removed.is_empty() {
+            return;
+        }
+        let matches = |labels: &HashMap<&str, &str>| {
+            let pair = (labels.get("api"), labels.get("operation"));
+            removed
+                .iter()
+                .any(|(api, op)| pair == (Some(api), Some(op)))
+        };
+        remove_series(&self.requests, |labels| {
+            matches(labels).then(|| self.requests.remove(labels))
+        });
+        remove_series(&self.duration, |labels| {
+            matches(labels).then(|| self.duration.remove(labels))
+        });
+        for family in [&self.upstream_errors, &self.gateway_errors] {
+            remove_series(family, |labels| {
+                matches(labels).then(|| family.remove(labels))
+            });
+        }
     }
 
     /// Encodes every family in the Prometheus text format 0.0.4.
@@ -212,6 +352,7 @@ impl Metrics {
             requests: std::array::from_fn(|_| OnceLock::new()),
             durations: std::array::from_fn(|_| OnceLock::new()),
             errors: std::array::from_fn(|_| OnceLock::new()),
+            retired: AtomicBool::new(false),
         }
     }
 }
@@ -239,6 +380,11 @@ impl OperationTable {
     /// If `id` is not from the catalogue this table was bound to.
     pub fn get(&self, id: OperationId) -> &OperationMetrics {
         &self.operations[id.index()]
+    }
+
+    /// Stops one operation from recording: a reload removed it, and its series with it.
+    pub fn retire(&self, id: OperationId) {
+        self.get(id).retired.store(true, Ordering::Relaxed);
     }
 }
 
@@ -291,6 +437,7 @@ pub struct OperationMetrics {
     requests: [OnceLock<IntCounter>; STATUS_SLOTS],
     durations: [OnceLock<Histogram>; 5],
     errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
+    retired: AtomicBool,
 }
 
 impl OperationMetrics {
@@ -309,17 +456,33 @@ impl OperationMetrics {
             status.as_str(),
             class,
         ];
+        if self.retired.load(Ordering::Relaxed) {
+            // Removed from the catalogue by a reload while this request was in flight: its
+            // series are gone, and creating them again would resurrect a dead operation.
+            return;
+        }
+        let options = &self.families.options;
+        // Without `status_code`, every status of a subclass shares one child.
+        let requests = || {
+            let family = &self.families.requests;
+            if options.status_code_label {
+                family.with_label_values(&labels)
+            } else {
+                family.with_label_values(&[labels[0], labels[1], class])
+            }
+        };
         match status_slot(status) {
-            Some(slot) => self.requests[slot]
-                .get_or_init(|| self.families.requests.with_label_values(&labels))
-                .inc(),
-            None => self.families.requests.with_label_values(&labels).inc(),
+            Some(slot) => self.requests[slot].get_or_init(requests).inc(),
+            None => requests().inc(),
         }
         self.durations[class_index]
             .get_or_init(|| {
-                self.families
-                    .duration
-                    .with_label_values(&[labels[0], labels[1], class])
+                let family = &self.families.duration;
+                if options.duration_operation_label {
+                    family.with_label_values(&[labels[0], labels[1], class])
+                } else {
+                    family.with_label_values(&[labels[0], class])
+                }
             })
             .observe(elapsed.as_secs_f64());
         if let Some(kind) = error {
@@ -333,6 +496,55 @@ impl OperationMetrics {
                     family.with_label_values(&[labels[0], labels[1], kind.as_str()])
                 })
                 .inc();
+        }
+    }
+}
+
+fn requests_family(options: &MetricsOptions) -> Result<IntCounterVec, prometheus::Error> {
+    let labels: &[&str] = if options.status_code_label {
+        &["api", "operation", "status_code", "status_subclass"]
+    } else {
+        &["api", "operation", "status_subclass"]
+    };
+    IntCounterVec::new(
+        Opts::new(
+            "acsgate_requests_total",
+            "Requests proxied, by ACS api, operation and response status.",
+        ),
+        labels,
+    )
+}
+
+fn duration_family(options: &MetricsOptions) -> Result<HistogramVec, prometheus::Error> {
+    let labels: &[&str] = if options.duration_operation_label {
+        &["api", "operation", "status_subclass"]
+    } else {
+        &["api", "status_subclass"]
+    };
+    HistogramVec::new(
+        HistogramOpts::new(
+            "acsgate_request_duration_seconds",
+            "Time from request head received to response body end, in seconds.",
+        )
+        .buckets(options.duration_buckets.clone()),
+        labels,
+    )
+}
+
+/// Calls `remove` with the labels of every series of `family`; it removes the ones it wants.
+fn remove_series<C: Collector>(
+    family: &C,
+    mut remove: impl FnMut(&HashMap<&str, &str>) -> Option<Result<(), prometheus::Error>>,
+) {
+    for metric_family in family.collect() {
+        for metric in metric_family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            // Not found means a concurrent removal got there first: nothing left to do.
+            let _ = remove(&labels);
         }
     }
 }

@@ -35,7 +35,7 @@ pub enum ClientError {
 }
 
 /// Connection settings of the upstream client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSettings {
     /// Limit on establishing a TCP connection (the TLS handshake has the response timeout).
     pub connect_timeout: Duration,

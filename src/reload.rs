@@ -1,0 +1,483 @@
+//! Hot reload: `SIGHUP`, or a change to the config file or a catalogue file, rebuilds the
+//! request path from the new configuration and swaps it in.
+//!
+//! The request path of the proxy is a [`Pipeline`]: the catalogue, the metric handles bound to
+//! it, and every layer built from the configuration. The listener holds it behind an
+//! [`ArcSwap`] and [`Reloading`] builds each request's stack from the pipeline current when
+//! the request arrives, so a reload takes effect on the next request, even on a keep-alive or
+//! HTTP/2 connection opened long before, and a request already in flight finishes on the
+//! pipeline it started with.
+//!
+//! A reload is all or nothing: the new configuration is read, validated, and the new pipeline
+//! built completely before it replaces the old one; if any step fails, the error is logged,
+//! `acsgate_config_reloads_total{result="failure"}` counts it and the old pipeline keeps
+//! serving. Counters and histograms of operations that still exist keep their values (the
+//! new handles are bound by name to the same series); series of removed operations are
+//! removed; new operations start from zero. What is tied to a socket (listener addresses,
+//! TLS files, connection limits and timeouts, the events listener) needs a restart: a
+//! reload that changes it says so in the log and keeps the running value.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+use tower::util::{Oneshot, ServiceExt};
+
+use crate::admission::AdmissionLayer;
+use crate::auth::SignLayer;
+use crate::body_rate::BodyRateLayer;
+use crate::catalogue::{Catalogue, CatalogueError};
+use crate::classify::ClassifyLayer;
+use crate::config::Config;
+use crate::metrics::{Metrics, OperationTable, RecordLayer};
+use crate::proxy::Forward;
+use crate::proxy::client::{self, ClientError, UpstreamClient};
+
+/// Where a reload reads the configuration from (the binary: flags, environment and the
+/// config file, merged and validated as at start-up).
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// After a file event, how long to wait for the writer to finish before reading.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration could not be read or is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A catalogue file is missing or invalid.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// The upstream client could not be built (extra CA file).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The metric families could not be rebuilt.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// What a successful reload changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Routes in the new catalogue.
+    pub routes: usize,
+    /// Operations (`api/operation`) the new catalogue added.
+    pub added: Vec<String>,
+    /// Operations the new catalogue removed; their series are gone.
+    pub removed: Vec<String>,
+    /// Config keys that changed but need a restart; their running values were kept.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Everything the proxy's request path reads from the configuration, built in one piece.
+pub(crate) struct Pipeline<B> {
+    pub(crate) config: Config,
+    pub(crate) catalogue: Arc<Catalogue>,
+    table: Arc<OperationTable>,
+    client: UpstreamClient<B>,
+    pub(crate) classify: ClassifyLayer,
+    pub(crate) record: RecordLayer,
+    pub(crate) admission: AdmissionLayer,
+    pub(crate) body_rate: BodyRateLayer,
+    pub(crate) sign: SignLayer,
+    pub(crate) forward: Forward<B>,
+}
+
+impl<B> Pipeline<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    /// Builds the pipeline for `config`. Parts whose settings did not change are taken over
+    /// from `previous`: the upstream connection pool stays warm, and the in-flight limit keeps
+    /// counting the requests admitted before the reload.
+    pub(crate) fn build(
+        config: Config,
+        catalogue: Arc<Catalogue>,
+        metrics: &Metrics,
+        drain_expired: &CancellationToken,
+        previous: Option<&Pipeline<B>>,
+    ) -> Result<Pipeline<B>, ClientError> {
+        let client = match previous {
+            // A CA file may have new contents under the same name: always re-read it.
+            Some(old)
+                if old.config.client == config.client && config.client.extra_ca_file.is_none() =>
+            {
+                old.client.clone()
+            }
+            _ => client::build(&config.client)?,
+        };
+        let limits = config.limits;
+        let admission = match previous {
+            Some(old)
+                if old.config.limits.max_in_flight == limits.max_in_flight
+                    && old.config.limits.max_uri_bytes == limits.max_uri_bytes =>
+            {
+                old.admission.clone()
+            }
+            _ => AdmissionLayer::new(
+                limits.max_in_flight,
+                limits.max_uri_bytes,
+                drain_expired.clone(),
+            ),
+        };
+        let table = Arc::new(metrics.bind(&catalogue));
+        let forward = Forward::new(
+            client.clone(),
+            config.upstream.clone(),
+            config.timeouts,
+            config.bad_route,
+            Arc::clone(&catalogue),
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        );
+        Ok(Pipeline {
+            classify: ClassifyLayer::new(Arc::clone(&catalogue)),
+            record: RecordLayer::new(Arc::clone(&table)),
+            admission,
+            body_rate: BodyRateLayer::new(limits.body_rate),
+            sign: SignLayer::new(&config.auth, &config.upstream),
+            forward,
+            client,
+            table,
+            catalogue,
+            config,
+        })
+    }
+}
+
+/// Service of one proxy connection: each request runs through the stack `make` builds from
+/// the pipeline current when the request arrives.
+pub(crate) struct Reloading<M, B> {
+    current: Arc<ArcSwap<Pipeline<B>>>,
+    make: M,
+    peer: SocketAddr,
+}
+
+impl<M: Clone, B> Clone for Reloading<M, B> {
+    fn clone(&self) -> Self {
+        Reloading {
+            current: Arc::clone(&self.current),
+            make: self.make.clone(),
+            peer: self.peer,
+        }
+    }
+}
+
+impl<M, B> Reloading<M, B> {
+    pub(crate) fn new(current: Arc<ArcSwap<Pipeline<B>>>, make: M, peer: SocketAddr) -> Self {
+        Reloading {
+            current,
+            make,
+            peer,
+        }
+    }
+}
+
+impl<M, S, B, R> Service<R> for Reloading<M, B>
+where
+    M: Fn(&Pipeline<B>, SocketAddr) -> S,
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Oneshot<S, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Readiness belongs to the stack the request will run on; `Oneshot` polls it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let pipeline = self.current.load();
+        (self.make)(&pipeline, self.peer).oneshot(request)
+    }
+}
+
+/// Applies a new configuration to a running gateway.
+pub trait Reload: Send + Sync {
+    /// Validates `config` completely and swaps it in, or changes nothing and says why.
+    /// Counts the outcome in `acsgate_config_reloads_total`.
+    fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError>;
+
+    /// The configuration serving now.
+    fn config(&self) -> Config;
+}
+
+/// The [`Reload`] of a proxy listener: its current pipeline and the metric families.
+pub(crate) struct Reloader<B> {
+    current: Arc<ArcSwap<Pipeline<B>>>,
+    /// The families now in use; a reload may replace some (buckets, labels). Also the lock
+    /// that keeps two reloads from interleaving.
+    metrics: Mutex<Metrics>,
+    drain_expired: CancellationToken,
+}
+
+impl<B> Reloader<B> {
+    pub(crate) fn new(
+        current: Arc<ArcSwap<Pipeline<B>>>,
+        metrics: Metrics,
+        drain_expired: CancellationToken,
+    ) -> Self {
+        Reloader {
+            current,
+            metrics: Mutex::new(metrics),
+            drain_expired,
+        }
+    }
+}
+
+impl<B> Reload for Reloader<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = self.apply(&mut metrics, config);
+        metrics.reloads().count(outcome.is_ok());
+        outcome
+    }
+
+    fn config(&self) -> Config {
+        self.current.load().config.clone()
+    }
+}
+
+impl<B> Reloader<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    fn apply(
+        &self,
+        metrics: &mut Metrics,
+        mut config: Config,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let old = self.current.load_full();
+        let needs_restart = keep_socket_settings(&old.config, &mut config);
+        let catalogue = Arc::new(Catalogue::load(
+            config.catalogue.builtin,
+            &config.catalogue.files,
+        )?);
+        let next_metrics = metrics.reconfigure(&config.metrics)?;
+        let pipeline = Pipeline::build(
+            config,
+            Arc::clone(&catalogue),
+            &next_metrics,
+            &self.drain_expired,
+            Some(&old),
+        )?;
+        // Everything is built: from here on nothing can fail.
+        *metrics = next_metrics;
+        self.current.store(Arc::new(pipeline));
+
+        let names = |c: &Catalogue| -> HashSet<(String, String)> {
+            c.operations()
+                .iter()
+                .map(|op| (c.api(op.api).name.clone(), op.name.clone()))
+                .collect()
+        };
+        let (before, after) = (names(&old.catalogue), names(&catalogue));
+        let removed: Vec<(&str, &str)> = before
+            .difference(&after)
+            .map(|(api, op)| (api.as_str(), op.as_str()))
+            .collect();
+        for op in old.catalogue.operations() {
+            let api = old.catalogue.api(op.api).name.as_str();
+            if removed.contains(&(api, op.name.as_str())) {
+                // Requests still in flight on a removed operation must not bring it back.
+                old.table.retire(op.id);
+            }
+        }
+        metrics.remove_operations(&removed);
+        let mut added: Vec<String> = after
+            .difference(&before)
+            .map(|(api, op)| format!("{api}/{op}"))
+            .collect();
+        let mut removed: Vec<String> = removed
+            .iter()
+            .map(|(api, op)| format!("{api}/{op}"))
+            .collect();
+        added.sort();
+        removed.sort();
+        Ok(ReloadSummary {
+            routes: catalogue.routes().len(),
+            added,
+            removed,
+            needs_restart,
+        })
+    }
+}
+
+/// Puts the running values back into `next` for every setting tied to a socket, and names
+/// the ones that differed.
+fn keep_socket_settings(running: &Config, next: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($key:literal => $($field:ident).+),+ $(,)?) => {$(
+            if next.$($field).+ != running.$($field).+ {
+                changed.push($key);
+                next.$($field).+ = running.$($field).+.clone();
+            }
+        )+};
+    }
+    keep! {
+        "listen" => listen,
+        "admin" => admin,
+        "tls_cert_file/tls_key_file" => tls,
+        "events_*" => events,
+        "max_connections" => limits.max_connections,
+        "handshake_timeout" => limits.handshake_timeout,
+        "max_header_bytes" => limits.max_header_bytes,
+        "max_headers" => limits.max_headers,
+        "header_read_timeout" => header_read_timeout,
+        "drain_timeout" => drain_timeout,
+    }
+    changed
+}
+
+/// Reloads on `SIGHUP` and whenever the contents of the config file, a catalogue file or the
+/// extra CA file change, until `stop` is cancelled. Files are watched through their
+/// directories, so an editor's rename-over and a Kubernetes ConfigMap's symlink swap are both
+/// seen; a change is acted on when the contents differ from the last ones read.
+pub async fn watch(
+    reloader: Arc<dyn Reload>,
+    source: ConfigSource,
+    config_file: Option<PathBuf>,
+    stop: CancellationToken,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = events_tx.send(());
+    }) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
+            None
+        }
+    };
+    let mut hangups = Hangups::new();
+    let mut files = watched_files(config_file.as_deref(), &reloader.config());
+    let mut watched_dirs = Vec::new();
+    let mut last_read = fingerprint(&files);
+    loop {
+        if let Some(watcher) = watcher.as_mut() {
+            watch_dirs(watcher, &files, &mut watched_dirs);
+        }
+        let cause = tokio::select! {
+            () = stop.cancelled() => return,
+            () = hangups.recv() => "SIGHUP",
+            Some(()) = events.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+                if fingerprint(&files) == last_read {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        let outcome = source()
+            .map_err(ReloadError::Config)
+            .and_then(|config| reloader.reload(config));
+        match outcome {
+            Ok(summary) => {
+                for key in &summary.needs_restart {
+                    tracing::warn!(
+                        key,
+                        "setting changed; it needs a restart, keeping the running value"
+                    );
+                }
+                tracing::info!(
+                    cause,
+                    routes = summary.routes,
+                    added = ?summary.added,
+                    removed = ?summary.removed,
+                    "configuration reloaded"
+                );
+            }
+            Err(error) => {
+                tracing::error!(cause, %error, "configuration reload refused; the running configuration keeps serving")
+            }
+        }
+        files = watched_files(config_file.as_deref(), &reloader.config());
+        last_read = fingerprint(&files);
+    }
+}
+
+/// The files whose contents make up the configuration.
+fn watched_files(config_file: Option<&Path>, config: &Config) -> Vec<PathBuf> {
+    config_file
+        .into_iter()
+        .map(Path::to_path_buf)
+        .chain(config.catalogue.files.iter().cloned())
+        .chain(config.client.extra_ca_file.iter().cloned())
+        .collect()
+}
+
+/// A hash of the files' contents (a missing file hashes as missing).
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        std::fs::read(file).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Watches the directory of every file, once each.
+fn watch_dirs(watcher: &mut RecommendedWatcher, files: &[PathBuf], watched: &mut Vec<PathBuf>) {
+    for file in files {
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(dir),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch; reload with SIGHUP");
+            }
+        }
+    }
+}
+
+/// Resolves on each `SIGHUP`; never, when the signal cannot be listened for.
+struct Hangups(Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registering replaces SIGHUP's default action (terminate) for the whole process.
+        Hangups(
+            signal(SignalKind::hangup())
+                .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP"))
+                .ok(),
+        )
+    }
+
+    async fn recv(&mut self) {
+        let received = match &mut self.0 {
+            Some(signal) => signal.recv().await.is_some(),
+            None => false,
+        };
+        if !received {
+            std::future::pending::<()>().await;
+        }
+    }
+}
