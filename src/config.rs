@@ -767,6 +767,53 @@ mod tests {
     }
 
     #[test]
+    fn cardinality_controls() {
+        let file = Settings::from_toml(
+            r#"
+            upstream = "https://a.communication.azure.com"
+            metrics_status_code = false
+            metrics_duration_operation = false
+            [histogram_buckets]
+            acsgate_request_duration_seconds = [0.05, 0.25, 1]
+            "#,
+        )
+        .unwrap();
+        let config = Config::from_settings(file.clone()).unwrap();
+        assert_eq!(
+            config.metrics,
+            MetricsOptions {
+                duration_buckets: vec![0.05, 0.25, 1.0],
+                status_code_label: false,
+                duration_operation_label: false,
+            }
+        );
+        let both = Settings {
+            buckets: Some(vec![1.0]),
+            ..file
+        };
+        let err = Config::from_settings(both).unwrap_err().to_string();
+        assert!(
+            err.contains("`histogram_buckets`") && err.contains("buckets"),
+            "{err}"
+        );
+        let unknown = Settings::from_toml(
+            "upstream = \"https://a.b\"\n[histogram_buckets]\nacsgate_requests_total = [1]\n",
+        )
+        .unwrap();
+        let err = Config::from_settings(unknown).unwrap_err().to_string();
+        assert!(err.contains("not a histogram"), "{err}");
+        let unordered = Settings::from_toml(
+            "upstream = \"https://a.b\"\n[histogram_buckets]\nacsgate_request_duration_seconds = [2, 1]\n",
+        )
+        .unwrap();
+        let err = Config::from_settings(unordered).unwrap_err().to_string();
+        assert!(
+            err.contains("`histogram_buckets`") && err.contains("increase"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn events_listener_needs_both_addresses() {
         let with = |listen: Option<&str>, forward_to: Option<&str>| Settings {
             events_listen: listen.map(|l| l.parse().unwrap()),

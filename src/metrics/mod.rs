@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -68,6 +69,9 @@ pub struct Metrics {
     registry: Registry,
     options: Arc<MetricsOptions>,
     requests: IntCounterVec,
+    /// What the registry collects for `requests` and `duration`: a reload may replace them.
+    requests_slot: Arc<ArcSwap<IntCounterVec>>,
+    duration_slot: Arc<ArcSwap<HistogramVec>>,
     duration: HistogramVec,
     in_flight: IntGaugeVec,
     request_bytes: IntCounterVec,
@@ -187,8 +191,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
+        let requests_slot = Arc::new(ArcSwap::from_pointee(requests.clone()));
+        let duration_slot = Arc::new(ArcSwap::from_pointee(duration.clone()));
+        registry.register(Box::new(Replaceable::new(&requests_slot)))?;
+        registry.register(Box::new(Replaceable::new(&duration_slot)))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(request_bytes.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
@@ -206,6 +212,8 @@ impl Metrics {
             registry,
             options: Arc::new(options.clone()),
             requests,
+            requests_slot,
+            duration_slot,
             duration,
             in_flight,
             request_bytes,
@@ -253,25 +261,16 @@ impl Metrics {
         let mut next = self.clone();
         if options.status_code_label != self.options.status_code_label {
             next.requests = requests_family(options)?;
-            self.replace(&self.requests, &next.requests)?;
+            self.requests_slot.store(Arc::new(next.requests.clone()));
         }
         if options.duration_buckets != self.options.duration_buckets
             || options.duration_operation_label != self.options.duration_operation_label
         {
             next.duration = duration_family(options)?;
-            self.replace(&self.duration, &next.duration)?;
+            self.duration_slot.store(Arc::new(next.duration.clone()));
         }
         next.options = Arc::new(options.clone());
         Ok(next)
-    }
-
-    fn replace<C: Collector + Clone + 'static>(
-        &self,
-        old: &C,
-        new: &C,
-    ) -> Result<(), prometheus::Error> {
-        self.registry.unregister(Box::new(old.clone()))?;
-        self.registry.register(Box::new(new.clone()))
     }
 
     /// Removes every series of the given `(api, operation)` pairs (operations a reload took
@@ -531,6 +530,34 @@ fn duration_family(options: &MetricsOptions) -> Result<HistogramVec, prometheus:
     )
 }
 
+/// A family a reload may replace with one of other buckets or labels. The registry refuses a
+/// second label set under a name for the life of the process, so it holds this stand-in,
+/// registered under the first family's description, which collects whichever family is
+/// current.
+struct Replaceable<C> {
+    descs: Vec<Desc>,
+    current: Arc<ArcSwap<C>>,
+}
+
+impl<C: Collector> Replaceable<C> {
+    fn new(current: &Arc<ArcSwap<C>>) -> Self {
+        Replaceable {
+            descs: current.load().desc().into_iter().cloned().collect(),
+            current: Arc::clone(current),
+        }
+    }
+}
+
+impl<C: Collector> Collector for Replaceable<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.current.load().collect()
+    }
+}
+
 /// Calls `remove` with the labels of every series of `family`; it removes the ones it wants.
 fn remove_series<C: Collector>(
     family: &C,
@@ -629,6 +656,106 @@ mod tests {
         assert_eq!(subclass(StatusCode::from_u16(599).unwrap()).1, "5xx");
         assert_eq!(subclass(StatusCode::from_u16(999).unwrap()).1, "5xx");
         assert_eq!(subclass(StatusCode::CONTINUE).1, "1xx");
+    }
+
+    /// Every operation of the built-in catalogue answered with six statuses in three
+    /// subclasses: the series counts the README's metrics reference gives for each setting.
+    #[test]
+    fn series_count_per_cardinality_setting() {
+        let catalogue = Catalogue::builtin();
+        let (operations, apis) = (catalogue.operations().len(), catalogue.apis().len());
+        let series_per_histogram = DEFAULT_BUCKETS.len() + 1 + 2; // buckets, +Inf, _sum, _count
+        for (status_code_label, duration_operation_label, requests, histogram) in [
+            (
+                true,
+                true,
+                operations * 6,
+                operations * 3 * series_per_histogram,
+            ),
+            (
+                false,
+                true,
+                operations * 3,
+                operations * 3 * series_per_histogram,
+            ),
+            (true, false, operations * 6, apis * 3 * series_per_histogram),
+            (
+                false,
+                false,
+                operations * 3,
+                apis * 3 * series_per_histogram,
+            ),
+        ] {
+            let metrics = Metrics::with_options(&MetricsOptions {
+                status_code_label,
+                duration_operation_label,
+                ..MetricsOptions::default()
+            })
+            .unwrap();
+            let table = metrics.bind(&catalogue);
+            for op in catalogue.operations() {
+                for code in [200, 201, 400, 404, 429, 500] {
+                    let status = StatusCode::from_u16(code).unwrap();
+                    table
+                        .get(op.id)
+                        .record(status, Duration::from_millis(3), None);
+                }
+            }
+            let text = String::from_utf8(metrics.encode().unwrap()).unwrap();
+            let lines = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+            assert_eq!(lines("acsgate_requests_total{"), requests);
+            assert_eq!(lines("acsgate_request_duration_seconds_"), histogram);
+        }
+    }
+
+    #[test]
+    fn reconfigure_keeps_what_does_not_change_and_removes_operations() {
+        let catalogue = Catalogue::builtin();
+        let metrics = Metrics::new(DEFAULT_BUCKETS.to_vec()).unwrap();
+        let table = metrics.bind(&catalogue);
+        let mut named = catalogue
+            .operations()
+            .iter()
+            .filter(|op| op.name != crate::catalogue::BAD_ROUTE);
+        let (first, second) = (named.next().unwrap(), named.next().unwrap());
+        for op in [first, second] {
+            table
+                .get(op.id)
+                .record(StatusCode::OK, Duration::ZERO, None);
+        }
+        let count = |metrics: &Metrics, op: &str| {
+            let text = String::from_utf8(metrics.encode().unwrap()).unwrap();
+            let needle = format!("operation=\"{op}\"");
+            text.lines()
+                .filter(|l| l.starts_with("acsgate_requests_total{") && l.contains(&needle))
+                .count()
+        };
+        // New buckets replace the histogram only; the counter keeps its series.
+        let next = metrics
+            .reconfigure(&MetricsOptions {
+                duration_buckets: vec![1.0],
+                ..MetricsOptions::default()
+            })
+            .unwrap();
+        assert_eq!(count(&next, &first.name), 1);
+        let text = String::from_utf8(next.encode().unwrap()).unwrap();
+        assert!(
+            !text.contains("acsgate_request_duration_seconds_count"),
+            "{text}"
+        );
+
+        let api = catalogue.api(first.api).name.as_str();
+        next.remove_operations(&[(api, first.name.as_str())]);
+        table.retire(first.id);
+        table
+            .get(first.id)
+            .record(StatusCode::OK, Duration::ZERO, None);
+        assert_eq!(
+            count(&next, &first.name),
+            0,
+            "removed, and not brought back"
+        );
+        assert_eq!(count(&next, &second.name), 1);
     }
 
     #[test]

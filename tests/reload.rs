@@ -1,0 +1,383 @@
+//! Hot reload (issue 7): routes added and removed, an invalid file refused while the old
+//! configuration serves on, settings that need a restart, bucket and label changes, and the
+//! real binary reloading on a file change and on SIGHUP under a steady stream of requests
+//! without failing one or losing a count.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use acsgate::config::{Config, Settings};
+use acsgate::server::Gateway;
+use http::{Method, StatusCode};
+use support::faults::GatewayProcess;
+use support::{Upstream, h1_client, h2_client, request, scrape, scrape_until, send, settings};
+
+/// A directory of its own for a test's files, removed when dropped (watching a shared
+/// directory would see every other test's files).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("acsgate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `contents` to `name` the way editors and ConfigMaps do: aside, then renamed over.
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let aside = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&aside, contents).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A catalogue file with one api, `custom`, and one GET route per `(path, operation)`.
+fn custom_catalogue(routes: &[(&str, &str)]) -> String {
+    let mut text = String::from("[[api]]\nname = \"custom\"\nprefixes = [\"/custom\"]\n");
+    for (path, operation) in routes {
+        text.push_str(&format!(
+            "\n[[route]]\napi = \"custom\"\noperation = \"{operation}\"\nmethod = \"GET\"\npath = \"{path}\"\n"
+        ));
+    }
+    text
+}
+
+fn config_with(
+    upstream: &Upstream,
+    catalogue: PathBuf,
+    edit: impl FnOnce(&mut Settings),
+) -> Config {
+    let mut settings = Settings {
+        catalogue: Some(vec![catalogue]),
+        ..settings(&upstream.url())
+    };
+    edit(&mut settings);
+    Config::from_settings(settings).expect("valid settings")
+}
+
+async fn get(gateway: &Gateway, path: &str) -> StatusCode {
+    let (response, _) = send(
+        &h1_client(),
+        request(Method::GET, gateway.proxy_addr(), path, ""),
+    )
+    .await;
+    response.status()
+}
+
+fn count(metrics: &support::Metrics, operation: &str) -> f64 {
+    metrics.sum("acsgate_requests_total", &[("operation", operation)])
+}
+
+#[tokio::test]
+async fn a_route_added_and_one_removed_keep_the_other_counts() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("routes");
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let config = config_with(&upstream, file.clone(), |_| {});
+    let gateway = Gateway::start(&config).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&gateway, "/identities/x?api-version=2023-10-01").await,
+        StatusCode::OK
+    );
+    let before = scrape(gateway.admin_addr()).await;
+    assert_eq!(count(&before, "Alpha"), 3.0);
+    let identity = before.sum("acsgate_requests_total", &[("api", "identity")]);
+    assert_eq!(identity, 1.0);
+
+    dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/beta", "Beta")]),
+    );
+    let summary = gateway
+        .reload(config_with(&upstream, file, |_| {}))
+        .expect("reload succeeds");
+    assert_eq!(summary.added, ["custom/Beta"]);
+    assert_eq!(summary.removed, ["custom/Alpha"]);
+    assert!(summary.needs_restart.is_empty(), "{summary:?}");
+
+    assert_eq!(get(&gateway, "/custom/beta").await, StatusCode::OK);
+    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    let after = scrape(gateway.admin_addr()).await;
+    assert!(
+        !after.text.contains("operation=\"Alpha\""),
+        "{}",
+        after.text
+    );
+    assert_eq!(count(&after, "Beta"), 1.0);
+    // The old path is now the custom api's Bad Route.
+    assert_eq!(
+        after.sum(
+            "acsgate_requests_total",
+            &[("api", "custom"), ("operation", "Bad Route")]
+        ),
+        1.0
+    );
+    // Operations in both catalogues kept their values.
+    assert_eq!(
+        after.sum("acsgate_requests_total", &[("api", "identity")]),
+        identity
+    );
+    assert_eq!(
+        after.sum("acsgate_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("invalid");
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let config = config_with(&upstream, file.clone(), |_| {});
+    let gateway = Gateway::start(&config).await.unwrap();
+    let started = scrape(gateway.admin_addr()).await;
+    let stamp = started.sum("acsgate_config_last_reload_success_timestamp_seconds", &[]);
+    assert!(
+        stamp > 1.0e9,
+        "start-up stamps the last successful load: {stamp}"
+    );
+
+    for broken in [
+        "[[route]]\napi = \"custom\"\noperation = \"X\"\nmethod = \"GET\"\npath = \"/custom/{unclosed\"\n",
+        "this is not toml",
+    ] {
+        dir.write("custom.toml", broken);
+        let error = gateway
+            .reload(config_with(&upstream, file.clone(), |_| {}))
+            .expect_err("an invalid catalogue is refused");
+        assert!(error.to_string().contains("custom.toml"), "{error}");
+    }
+    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    let metrics = scrape(gateway.admin_addr()).await;
+    assert_eq!(
+        count(&metrics, "Alpha"),
+        1.0,
+        "the old catalogue still names it"
+    );
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "failure")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
+        0.0
+    );
+    assert_eq!(
+        metrics.sum("acsgate_config_last_reload_success_timestamp_seconds", &[]),
+        stamp,
+        "a failed reload does not move the success stamp"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn listener_changes_need_a_restart_and_the_old_listener_stays() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("listen");
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let gateway = Gateway::start(&config_with(&upstream, file.clone(), |_| {}))
+        .await
+        .unwrap();
+    let summary = gateway
+        .reload(config_with(&upstream, file, |s| {
+            s.listen = Some("127.0.0.1:1".parse().unwrap());
+            s.max_connections = Some(7);
+            s.response_timeout = Some(Duration::from_secs(3));
+        }))
+        .expect("the rest of the reload applies");
+    assert_eq!(summary.needs_restart, ["listen", "max_connections"]);
+    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn buckets_and_labels_change_on_reload() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("buckets");
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let gateway = Gateway::start(&config_with(&upstream, file.clone(), |_| {}))
+        .await
+        .unwrap();
+    get(&gateway, "/custom/alpha").await;
+    gateway
+        .reload(config_with(&upstream, file, |s| {
+            s.buckets = Some(vec![0.5, 2.0]);
+            s.metrics_duration_operation = Some(false);
+            s.metrics_status_code = Some(false);
+        }))
+        .expect("reload succeeds");
+    get(&gateway, "/custom/alpha").await;
+    let metrics = scrape(gateway.admin_addr()).await;
+    let buckets: Vec<_> = metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "acsgate_request_duration_seconds_bucket")
+        .collect();
+    assert!(!buckets.is_empty());
+    for sample in &buckets {
+        assert!(
+            !sample.labels.contains_key("operation"),
+            "{:?}",
+            sample.labels
+        );
+        let le = sample.labels["le"].as_str();
+        assert!(["0.5", "2", "+Inf"].contains(&le), "{le}");
+    }
+    for sample in metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "acsgate_requests_total")
+    {
+        assert!(
+            !sample.labels.contains_key("status_code"),
+            "{:?}",
+            sample.labels
+        );
+    }
+    // Re-labelled families start over: only the request after the reload is in them.
+    assert_eq!(count(&metrics, "Alpha"), 1.0);
+    gateway.shutdown().await;
+}
+
+/// The binary with a config file: a catalogue edit reloads it without a signal, SIGHUP reloads
+/// it too, and a steady stream of HTTP/1.1 and h2c requests across six reloads gets every
+/// answer, counted exactly once, the counts never going backwards.
+#[tokio::test]
+async fn the_binary_reloads_under_load_without_losing_a_request() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("binary");
+    let catalogue = dir.write("custom.toml", &custom_catalogue(&[("/custom/v0", "V0")]));
+    let config = dir.write(
+        "acsgate.toml",
+        &format!(
+            "catalogue = [{:?}]\nresponse_timeout = \"5s\"\n",
+            catalogue.display().to_string()
+        ),
+    );
+    let gateway = GatewayProcess::start(
+        &upstream.url(),
+        &[("ACSGATE_CONFIG", config.to_str().unwrap())],
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for h2 in [false, false, true, true] {
+        let (stop, sent, proxy) = (Arc::clone(&stop), Arc::clone(&sent), gateway.proxy);
+        clients.push(tokio::spawn(async move {
+            let client = if h2 { h2_client() } else { h1_client() };
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let path = "/identities?api-version=2023-10-01";
+                let (response, _) = send(&client, request(Method::POST, proxy, path, "{}")).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if response.status() != StatusCode::OK {
+                    failures.push(response.status());
+                }
+            }
+            failures
+        }));
+    }
+
+    let reloads = |n: f64| {
+        move |m: &support::Metrics| {
+            m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= n
+        }
+    };
+    let mut last_total = 0.0;
+    for round in 1..=6u32 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if round % 2 == 1 {
+            // A file change alone must do it.
+            let routes = [
+                ("/custom/v0", "V0"),
+                ("/custom/next", &*format!("V{round}")),
+            ];
+            dir.write("custom.toml", &custom_catalogue(&routes));
+        } else {
+            let status = std::process::Command::new("kill")
+                .args(["-HUP", &gateway.pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let metrics = scrape_until(gateway.admin, reloads(f64::from(round))).await;
+        assert_eq!(
+            metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
+            f64::from(round),
+            "round {round}: {}",
+            metrics.text
+        );
+        let total = metrics.sum("acsgate_requests_total", &[("api", "identity")]);
+        assert!(
+            total >= last_total,
+            "counts went back: {total} < {last_total}"
+        );
+        last_total = total;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "failed answers: {failures:?}");
+    }
+    let sent = sent.load(Ordering::Relaxed) as f64;
+    let metrics = scrape_until(gateway.admin, |m| {
+        m.sum("acsgate_requests_total", &[("api", "identity")]) >= sent
+    })
+    .await;
+    assert!(sent > 50.0, "the stream ran: {sent}");
+    assert_eq!(
+        metrics.sum("acsgate_requests_total", &[("api", "identity")]),
+        sent
+    );
+    assert_eq!(
+        metrics.sum(
+            "acsgate_request_duration_seconds_count",
+            &[("api", "identity")]
+        ),
+        sent
+    );
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
+    // The last file edit's route is the one serving.
+    let (response, _) = send(
+        &h1_client(),
+        request(Method::GET, gateway.proxy, "/custom/next", ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = scrape_until(gateway.admin, |m| count(m, "V5") >= 1.0).await;
+    assert_eq!(count(&metrics, "V5"), 1.0, "{}", metrics.text);
+}
