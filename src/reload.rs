@@ -210,9 +210,10 @@ where
 
 /// Applies a new configuration to a running gateway.
 pub trait Reload: Send + Sync {
-    /// Validates `config` completely and swaps it in, or changes nothing and says why.
-    /// Counts the outcome in `acsgate_config_reloads_total`.
-    fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError>;
+    /// Validates `config` completely and swaps it in, or changes nothing and says why (also
+    /// when the configuration could not even be read). Counts the outcome in
+    /// `acsgate_config_reloads_total`.
+    fn reload(&self, config: Result<Config, String>) -> Result<ReloadSummary, ReloadError>;
 
     /// The configuration serving now.
     fn config(&self) -> Config;
@@ -246,9 +247,11 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+    fn reload(&self, config: Result<Config, String>) -> Result<ReloadSummary, ReloadError> {
         let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
-        let outcome = self.apply(&mut metrics, config);
+        let outcome = config
+            .map_err(ReloadError::Config)
+            .and_then(|config| self.apply(&mut metrics, config));
         metrics.reloads().count(outcome.is_ok());
         outcome
     }
@@ -391,10 +394,7 @@ pub async fn watch(
                 "file change"
             }
         };
-        let outcome = source()
-            .map_err(ReloadError::Config)
-            .and_then(|config| reloader.reload(config));
-        match outcome {
+        match reloader.reload(source()) {
             Ok(summary) => {
                 for key in &summary.needs_restart {
                     tracing::warn!(

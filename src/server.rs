@@ -220,7 +220,7 @@ impl Gateway {
     /// Applies a new configuration without a restart; see [`crate::reload`]. On error the
     /// running configuration keeps serving.
     pub fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
-        self.reloader.reload(config)
+        self.reloader.reload(Ok(config))
     }
 
     /// Reloads from `source` on `SIGHUP` and whenever `config_file`, a catalogue file or the

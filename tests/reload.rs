@@ -269,8 +269,8 @@ async fn buckets_and_labels_change_on_reload() {
 }
 
 /// The binary with a config file: a catalogue edit reloads it without a signal, SIGHUP reloads
-/// it too, and a steady stream of HTTP/1.1 and h2c requests across six reloads gets every
-/// answer, counted exactly once, the counts never going backwards.
+/// it too, a broken config file is refused, and a steady stream of HTTP/1.1 and h2c requests
+/// across all of it gets every answer, counted exactly once, the counts never going backwards.
 #[tokio::test]
 async fn the_binary_reloads_under_load_without_losing_a_request() {
     let upstream = Upstream::ok().await;
@@ -345,6 +345,17 @@ async fn the_binary_reloads_under_load_without_losing_a_request() {
         );
         last_total = total;
     }
+    // A broken config file is refused while the stream goes on.
+    dir.write("acsgate.toml", "response_timeout = \"soon\"\n");
+    let metrics = scrape_until(gateway.admin, |m| {
+        m.sum("acsgate_config_reloads_total", &[("result", "failure")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "failure")]),
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         let failures = client.await.unwrap();
@@ -366,10 +377,6 @@ async fn the_binary_reloads_under_load_without_losing_a_request() {
             &[("api", "identity")]
         ),
         sent
-    );
-    assert_eq!(
-        metrics.sum("acsgate_config_reloads_total", &[("result", "failure")]),
-        0.0
     );
     // The last file edit's route is the one serving.
     let (response, _) = send(
