@@ -65,6 +65,31 @@ path = "/calls/{x}"
 }
 
 #[test]
+fn classification_carries_the_first_definers_template_never_the_path() {
+    let c = cat(r#"
+[[route]]
+api = "calls"
+operation = "Get"
+method = "GET"
+path = "/calls/{callId}"
+
+[[route]]
+api = "calls"
+operation = "Get"
+method = "GET"
+path = "/Calls/{id}"
+"#)
+    .unwrap();
+    let template = |method: Method, path| c.classify(&method, path, None).template;
+    assert_eq!(
+        template(Method::GET, "/CALLS/8:acs:secret-id").as_deref(),
+        Some("/calls/{callId}")
+    );
+    assert_eq!(template(Method::PUT, "/calls/8:acs:secret-id"), None);
+    assert_eq!(template(Method::GET, "/nope/8:acs:secret-id"), None);
+}
+
+#[test]
 fn conflict_names_both_routes_and_lines() {
     let extra = r#"
 [[route]]
