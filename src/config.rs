@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::Scheme;
 
+use crate::access::{AccessLogConfig, AccessLogFormat};
 use crate::auth::{AuthConfig, CallerAuth, KeySource, Secret};
 use crate::body_rate::{BodyRate, RATE_GRACE};
 use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
@@ -177,6 +178,16 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(skip)]
     pub caller_access_key: Option<Secret>,
+
+    // --- access log ---
+    /// One line per request on stdout: `json`, `logfmt` or `off` [default: off]
+    #[arg(long, env = "ACSGATE_ACCESS_LOG", value_enum, global = true)]
+    pub access_log: Option<AccessLogFormat>,
+
+    /// Also log the raw request path (with its ids) in the access log [default: false]
+    #[arg(long, env = "ACSGATE_LOG_RAW_PATH", global = true, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub log_raw_path: Option<bool>,
 }
 
 impl Settings {
@@ -237,6 +248,9 @@ impl Settings {
             tls_key_file: self.tls_key_file.or(lower.tls_key_file),
             upstream_access_key: self.upstream_access_key.or(lower.upstream_access_key),
             caller_access_key: self.caller_access_key.or(lower.caller_access_key),
+            // --- access log ---
+            access_log: self.access_log.or(lower.access_log),
+            log_raw_path: self.log_raw_path.or(lower.log_raw_path),
         }
     }
 }
@@ -325,6 +339,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS on the proxy listener.
     pub tls: Option<TlsFiles>,
+    // --- access log ---
+    /// The access log.
+    pub access_log: AccessLogConfig,
 }
 
 /// Limits that protect the gateway (and the app it serves) from clients.
@@ -491,6 +508,11 @@ impl Config {
             events,
             auth,
             tls,
+            // --- access log ---
+            access_log: AccessLogConfig {
+                format: settings.access_log.unwrap_or_default(),
+                raw_path: settings.log_raw_path.unwrap_or(false),
+            },
         })
     }
 }
@@ -712,6 +734,18 @@ mod tests {
         };
         let err = Config::from_settings(settings).unwrap_err().to_string();
         assert!(err.contains("`connect_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn access_log_is_off_unless_asked() {
+        let config = Config::from_settings(with_upstream("https://a.b")).unwrap();
+        assert_eq!(config.access_log, AccessLogConfig::default());
+        let file = Settings::from_toml("access_log = \"logfmt\"\nlog_raw_path = true").unwrap();
+        let config = Config::from_settings(with_upstream("https://a.b").or(file)).unwrap();
+        assert_eq!(config.access_log.format, AccessLogFormat::Logfmt);
+        assert!(config.access_log.raw_path);
+        let err = Settings::from_toml("access_log = \"xml\"").unwrap_err();
+        assert!(err.contains("access_log"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+use crate::access::AccessLog;
 use crate::admin::Admin;
 use crate::admission::AdmissionLayer;
 use crate::auth::SignLayer;
@@ -140,7 +141,8 @@ impl Gateway {
             None => None,
         };
         let classify = ClassifyLayer::new(Arc::clone(&catalogue));
-        let record = RecordLayer::new(table);
+        let record =
+            RecordLayer::new(table).with_access_log(AccessLog::start(config.access_log, &metrics)?);
         let drain_expired = CancellationToken::new();
         let limits = config.limits;
         let admission = AdmissionLayer::new(
@@ -175,7 +177,7 @@ impl Gateway {
             move |peer| {
                 ServiceBuilder::new()
                     .layer(classify.clone())
-                    .layer(record.clone())
+                    .layer(record.for_peer(peer))
                     .layer(admission.clone())
                     .layer(body_rate)
                     .layer(sign.clone())
