@@ -203,6 +203,19 @@ mod tests {
     }
 
     #[test]
+    fn log_raw_path_is_a_bare_flag_or_a_value() {
+        let cli = Cli::try_parse_from(["acsgate", "--log-raw-path", "--access-log", "json"]);
+        let settings = cli.unwrap().settings;
+        assert_eq!(settings.log_raw_path, Some(true));
+        assert_eq!(
+            settings.access_log,
+            Some(crate::access::AccessLogFormat::Json)
+        );
+        let cli = Cli::try_parse_from(["acsgate", "--log-raw-path=false"]).unwrap();
+        assert_eq!(cli.settings.log_raw_path, Some(false));
+    }
+
+    #[test]
     fn worker_threads_is_a_positive_count() {
         let cli = Cli::try_parse_from(["acsgate", "run", "--worker-threads", "2"]).unwrap();
         assert_eq!(cli.worker_threads, Some(2));

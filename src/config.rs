@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::Scheme;
 
+use crate::access::{AccessLogConfig, AccessLogFormat};
 use crate::auth::{AuthConfig, CallerAuth, KeySource, Secret};
 use crate::body_rate::{BodyRate, RATE_GRACE};
 use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
@@ -191,6 +192,16 @@ pub struct Settings {
     /// `[histogram_buckets]` / `acsgate_request_duration_seconds = [0.05, 0.25, 1]`.
     #[arg(skip)]
     pub histogram_buckets: Option<BTreeMap<String, Vec<f64>>>,
+
+    // --- access log ---
+    /// One line per request on stdout: `json`, `logfmt` or `off` [default: off]
+    #[arg(long, env = "ACSGATE_ACCESS_LOG", value_enum, global = true)]
+    pub access_log: Option<AccessLogFormat>,
+
+    /// Also log the raw request path (with its ids) in the access log [default: false]
+    #[arg(long, env = "ACSGATE_LOG_RAW_PATH", global = true, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub log_raw_path: Option<bool>,
 }
 
 impl Settings {
@@ -257,6 +268,9 @@ impl Settings {
                 .metrics_duration_operation
                 .or(lower.metrics_duration_operation),
             histogram_buckets: self.histogram_buckets.or(lower.histogram_buckets),
+            // --- access log ---
+            access_log: self.access_log.or(lower.access_log),
+            log_raw_path: self.log_raw_path.or(lower.log_raw_path),
         }
     }
 }
@@ -345,6 +359,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS on the proxy listener.
     pub tls: Option<TlsFiles>,
+    // --- access log ---
+    /// The access log.
+    pub access_log: AccessLogConfig,
 }
 
 /// Limits that protect the gateway (and the app it serves) from clients.
@@ -510,6 +527,11 @@ impl Config {
             events,
             auth,
             tls,
+            // --- access log ---
+            access_log: AccessLogConfig {
+                format: settings.access_log.unwrap_or_default(),
+                raw_path: settings.log_raw_path.unwrap_or(false),
+            },
         })
     }
 }
@@ -811,6 +833,18 @@ mod tests {
             err.contains("`histogram_buckets`") && err.contains("increase"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn access_log_is_off_unless_asked() {
+        let config = Config::from_settings(with_upstream("https://a.b")).unwrap();
+        assert_eq!(config.access_log, AccessLogConfig::default());
+        let file = Settings::from_toml("access_log = \"logfmt\"\nlog_raw_path = true").unwrap();
+        let config = Config::from_settings(with_upstream("https://a.b").or(file)).unwrap();
+        assert_eq!(config.access_log.format, AccessLogFormat::Logfmt);
+        assert!(config.access_log.raw_path);
+        let err = Settings::from_toml("access_log = \"xml\"").unwrap_err();
+        assert!(err.contains("access_log"), "{err}");
     }
 
     #[test]

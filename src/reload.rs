@@ -14,7 +14,7 @@
 //! serving. Counters and histograms of operations that still exist keep their values (the
 //! new handles are bound by name to the same series); series of removed operations are
 //! removed; new operations start from zero. What is tied to a socket (listener addresses,
-//! TLS files, connection limits and timeouts, the events listener) needs a restart: a
+//! TLS files, connection limits and timeouts, the events listener, the access log's format) needs a restart: a
 //! reload that changes it says so in the log and keeps the running value.
 
 use std::collections::HashSet;
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tower::util::{Oneshot, ServiceExt};
 
+use crate::access::AccessLog;
 use crate::admission::AdmissionLayer;
 use crate::auth::SignLayer;
 use crate::body_rate::BodyRateLayer;
@@ -79,6 +80,13 @@ pub struct ReloadSummary {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// What every pipeline shares, made once at start-up: the access log's writer and the drain
+/// deadline's token.
+pub(crate) struct Shared {
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) drain_expired: CancellationToken,
+}
+
 /// Everything the proxy's request path reads from the configuration, built in one piece.
 pub(crate) struct Pipeline<B> {
     pub(crate) config: Config,
@@ -105,7 +113,7 @@ where
         config: Config,
         catalogue: Arc<Catalogue>,
         metrics: &Metrics,
-        drain_expired: &CancellationToken,
+        shared: &Shared,
         previous: Option<&Pipeline<B>>,
     ) -> Result<Pipeline<B>, ClientError> {
         let client = match previous {
@@ -128,7 +136,7 @@ where
             _ => AdmissionLayer::new(
                 limits.max_in_flight,
                 limits.max_uri_bytes,
-                drain_expired.clone(),
+                shared.drain_expired.clone(),
             ),
         };
         let table = Arc::new(metrics.bind(&catalogue));
@@ -146,7 +154,7 @@ where
         );
         Ok(Pipeline {
             classify: ClassifyLayer::new(Arc::clone(&catalogue)),
-            record: RecordLayer::new(Arc::clone(&table)),
+            record: RecordLayer::new(Arc::clone(&table)).with_access_log(shared.access_log.clone()),
             admission,
             body_rate: BodyRateLayer::new(limits.body_rate),
             sign: SignLayer::new(&config.auth, &config.upstream),
@@ -225,19 +233,19 @@ pub(crate) struct Reloader<B> {
     /// The families now in use; a reload may replace some (buckets, labels). Also the lock
     /// that keeps two reloads from interleaving.
     metrics: Mutex<Metrics>,
-    drain_expired: CancellationToken,
+    shared: Shared,
 }
 
 impl<B> Reloader<B> {
     pub(crate) fn new(
         current: Arc<ArcSwap<Pipeline<B>>>,
         metrics: Metrics,
-        drain_expired: CancellationToken,
+        shared: Shared,
     ) -> Self {
         Reloader {
             current,
             metrics: Mutex::new(metrics),
-            drain_expired,
+            shared,
         }
     }
 }
@@ -282,7 +290,7 @@ where
             config,
             Arc::clone(&catalogue),
             &next_metrics,
-            &self.drain_expired,
+            &self.shared,
             Some(&old),
         )?;
         // Everything is built: from here on nothing can fail.
@@ -350,6 +358,7 @@ fn keep_socket_settings(running: &Config, next: &mut Config) -> Vec<&'static str
         "max_headers" => limits.max_headers,
         "header_read_timeout" => header_read_timeout,
         "drain_timeout" => drain_timeout,
+        "access_log/log_raw_path" => access_log,
     }
     changed
 }

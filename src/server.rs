@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+use crate::access::AccessLog;
 use crate::admin::Admin;
 use crate::admission::Admission;
 use crate::auth::Sign;
@@ -55,7 +56,7 @@ use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::Forward;
 use crate::proxy::client::ClientError;
 use crate::reload::{
-    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadSummary, Reloader, Reloading,
+    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadSummary, Reloader, Reloading, Shared,
 };
 use crate::tls::{TlsAccept, TlsError};
 
@@ -135,19 +136,19 @@ impl Gateway {
             None => None,
         };
         let drain_expired = CancellationToken::new();
+        let shared = Shared {
+            access_log: AccessLog::start(config.access_log, &metrics)?,
+            drain_expired: drain_expired.clone(),
+        };
         let pipeline = Pipeline::build(
             config.clone(),
             Arc::clone(&catalogue),
             &metrics,
-            &drain_expired,
+            &shared,
             None,
         )?;
         let current = Arc::new(ArcSwap::from_pointee(pipeline));
-        let reloader = Arc::new(Reloader::new(
-            Arc::clone(&current),
-            metrics.clone(),
-            drain_expired.clone(),
-        ));
+        let reloader = Arc::new(Reloader::new(Arc::clone(&current), metrics.clone(), shared));
 
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
@@ -278,7 +279,7 @@ type RequestStack<B> = Classify<Record<Admission<RateService<Sign<PeekBody<Forwa
 fn request_stack<B>(pipeline: &Pipeline<B>, peer: SocketAddr) -> RequestStack<B> {
     ServiceBuilder::new()
         .layer(pipeline.classify.clone())
-        .layer(pipeline.record.clone())
+        .layer(pipeline.record.for_peer(peer))
         .layer(pipeline.admission.clone())
         .layer(pipeline.body_rate)
         .layer(pipeline.sign.clone())

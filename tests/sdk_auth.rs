@@ -289,6 +289,10 @@ fn key_material_never_reaches_the_logs() {
             .args([
                 "--log-format",
                 "json",
+                // The access log is covered too, even with raw paths.
+                "--access-log",
+                "json",
+                "--log-raw-path",
                 "--listen",
                 "127.0.0.1:0",
                 "--admin",
@@ -321,10 +325,17 @@ fn key_material_never_reaches_the_logs() {
             headers.insert("x-fault", fault.parse().unwrap());
             statuses.push(send(&client, req).await.0.status().as_u16());
         }
+        // Each request's access line is written just after its response: give them time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&out).unwrap().lines().count() < statuses.len()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = child.kill();
         let _ = child.wait();
-        let logs =
-            std::fs::read_to_string(&log.0).unwrap() + &std::fs::read_to_string(&out).unwrap();
+        let access = std::fs::read_to_string(&out).unwrap();
+        let logs = std::fs::read_to_string(&log.0).unwrap() + &access;
         let _ = std::fs::remove_file(&out);
         assert_eq!(statuses, [200, 401, 200, 502, 504]);
         assert_eq!(
@@ -334,6 +345,14 @@ fn key_material_never_reaches_the_logs() {
         );
         // The logs are there (trace level, the refusal reason), the secrets are not.
         assert!(logs.contains("caller signature refused"), "{logs}");
+        assert_eq!(
+            access
+                .lines()
+                .filter(|l| l.contains("\"operation\""))
+                .count(),
+            statuses.len(),
+            "one access log line per request: {access}"
+        );
         for secret in [local_key(), resource_key()] {
             let decoded = String::from_utf8(
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &secret)

@@ -133,6 +133,9 @@ pub struct Classification {
     pub operation: OperationId,
     /// Set when the body can change the operation; see [`BodyRule::apply`].
     pub body_rule: Option<BodyRule>,
+    /// The matched route's template as written (`/chat/threads/{chatThreadId}/messages`);
+    /// `None` for a `Bad Route`. Ids never appear in it, so access logs can show it.
+    pub template: Option<Arc<str>>,
 }
 
 /// A compiled catalogue: immutable, cheap to share behind an `Arc`.
@@ -231,6 +234,7 @@ impl Catalogue {
             Some(v) => Classification {
                 operation: v.operation,
                 body_rule: v.body_rule.clone(),
+                template: Some(Arc::clone(&v.template)),
             },
             None => self.bad_route(shape.api),
         }
@@ -240,6 +244,7 @@ impl Catalogue {
         Classification {
             operation: self.api(api).bad_route,
             body_rule: None,
+            template: None,
         }
     }
 

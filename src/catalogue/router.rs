@@ -26,6 +26,8 @@ pub(super) const BAD_ROUTE: &str = "Bad Route";
 pub(super) struct Variant {
     pub(super) operation: OperationId,
     pub(super) body_rule: Option<BodyRule>,
+    /// The template of the first route that defined it, as written (for access logs).
+    pub(super) template: Arc<str>,
     /// Index of the first route that defined it, for conflict messages.
     origin: usize,
 }
@@ -437,6 +439,7 @@ impl<'a> Builder<'a> {
         let variant = Variant {
             operation,
             body_rule,
+            template: Arc::from(decl.path.get_ref().as_str()),
             origin: route_index,
         };
         let methods = &mut self.shapes[shape_index].methods;

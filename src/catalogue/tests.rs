@@ -62,6 +62,14 @@ path = "/calls/{x}"
     assert_eq!(name(&c, "DELETE", "/calls/1", None), "calls/Drop");
     assert_eq!(name(&c, "PUT", "/calls/1", None), "calls/Bad Route");
     assert_eq!(name(&c, "GET", "/nope", None), "unknown/Bad Route");
+    // The template is the first definer's, as written; a Bad Route has none.
+    let template = |method: Method, path| c.classify(&method, path, None).template;
+    assert_eq!(
+        template(Method::GET, "/CALLS/8:acs:secret-id").as_deref(),
+        Some("/calls/{callId}")
+    );
+    assert_eq!(template(Method::PUT, "/calls/8:acs:secret-id"), None);
+    assert_eq!(template(Method::GET, "/nope/8:acs:secret-id"), None);
 }
 
 #[test]

@@ -13,12 +13,19 @@
 //!
 //! The request body is wrapped to count its bytes; the response body, to count its bytes and
 //! to carry the guard.
+//!
+//! The guard also carries the request's [`tracing`] span (entered while the inner service and
+//! the response body are polled) and, when the access log is on, its [`access`] entry: the
+//! line is written when the request is recorded, so each request is logged exactly once with
+//! the status and kind the metrics got.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -28,8 +35,10 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tower::{Layer, Service};
+use tracing::Span;
 
 use super::{OperationMetrics, OperationTable};
+use crate::access::{self, AccessLog, Entry, Outcome};
 use crate::catalogue::{Classification, OperationId};
 use crate::error::{BoxError, ErrorKind};
 
@@ -42,12 +51,32 @@ pub struct Reclassified(pub OperationId);
 #[derive(Clone)]
 pub struct RecordLayer {
     table: Arc<OperationTable>,
+    access: Option<AccessLog>,
+    peer: Option<SocketAddr>,
 }
 
 impl RecordLayer {
     /// Records into the handles of `table`.
     pub fn new(table: Arc<OperationTable>) -> Self {
-        RecordLayer { table }
+        RecordLayer {
+            table,
+            access: None,
+            peer: None,
+        }
+    }
+
+    /// Also writes each request to `access` (when it is `Some`).
+    pub fn with_access_log(mut self, access: Option<AccessLog>) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// This layer for the connection from `peer`, whose address the access log shows.
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        RecordLayer {
+            peer: Some(peer),
+            ..self.clone()
+        }
     }
 }
 
@@ -58,6 +87,8 @@ impl<S> Layer<S> for RecordLayer {
         Record {
             inner,
             table: Arc::clone(&self.table),
+            access: self.access.clone(),
+            peer: self.peer,
         }
     }
 }
@@ -67,6 +98,8 @@ impl<S> Layer<S> for RecordLayer {
 pub struct Record<S> {
     inner: S,
     table: Arc<OperationTable>,
+    access: Option<AccessLog>,
+    peer: Option<SocketAddr>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Record<S>
@@ -86,19 +119,31 @@ where
         let start = Instant::now();
         // The classify layer always runs first; an unclassified request is a wiring bug, and
         // recording it under no operation would make it vanish from the counts.
-        let operation = request
+        let classification = request
             .extensions()
             .get::<Classification>()
-            .expect("Record must run behind Classify")
-            .operation;
-        let guard = Guard::new(Arc::clone(&self.table), operation, start);
+            .expect("Record must run behind Classify");
+        let mut guard = Guard::new(Arc::clone(&self.table), classification.operation, start);
+        let (api, operation) = guard.metrics().names();
+        let template = classification.template.as_deref();
+        guard.span = access::request_span(&request, api, operation, template);
+        guard.access = self
+            .access
+            .as_ref()
+            .map(|log| log.begin(&request, classification.template.clone(), self.peer));
         let counter = guard.metrics().api().request_bytes.clone();
+        let tally = guard.access.as_ref().map(|entry| entry.bytes_in());
         let request = request.map(|body| CountBody {
             inner: body,
             counter,
+            tally,
         });
+        let inner = {
+            let _entered = guard.span.enter();
+            self.inner.call(request)
+        };
         ResponseFuture {
-            inner: self.inner.call(request),
+            inner,
             guard: Some(guard),
         }
     }
@@ -123,7 +168,10 @@ where
         let this = self.project();
         // A panic below this layer is a gateway bug: record the request as 500 `internal`
         // (not as a client abort), then let the panic end the connection's task as usual.
-        let polled = panic::catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
+        let polled = {
+            let _entered = this.guard.as_ref().map(|guard| guard.span.enter());
+            panic::catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)))
+        };
         let Ok(response) = ready!(polled.unwrap_or_else(|panic| {
             if let Some(mut guard) = this.guard.take() {
                 guard.status = ErrorKind::Internal.status();
@@ -134,9 +182,11 @@ where
         let mut guard = this.guard.take().expect("polled after completion");
         if let Some(Reclassified(operation)) = response.extensions().get::<Reclassified>() {
             guard.operation = *operation;
+            guard.span.record("operation", guard.metrics().names().1);
         }
         guard.status = response.status();
         guard.error = response.extensions().get::<ErrorKind>().copied();
+        access::on_response(&guard.span, guard.access.as_deref_mut(), &response);
         let counter = guard.metrics().api().response_bytes.clone();
         Poll::Ready(Ok(response.map(|body| RecordBody {
             inner: body,
@@ -153,6 +203,9 @@ struct Guard {
     start: Instant,
     status: StatusCode,
     error: Option<ErrorKind>,
+    span: Span,
+    /// Only when the access log is on: nothing is captured per request otherwise.
+    access: Option<Box<Entry>>,
 }
 
 impl Guard {
@@ -165,6 +218,8 @@ impl Guard {
             // Until a response exists, the client going away is the only way to end.
             status: ErrorKind::ClientAbort.status(),
             error: Some(ErrorKind::ClientAbort),
+            span: Span::none(),
+            access: None,
         }
     }
 
@@ -177,18 +232,31 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // The in-flight gauge belongs to the api of the operation counted at the start; a body
         // rule only ever reclassifies within the same api, so the gauge balances.
+        let elapsed = self.start.elapsed();
+        let entry = self.access.take();
         let metrics = self.metrics();
-        metrics.record(self.status, self.start.elapsed(), self.error);
+        metrics.record(self.status, elapsed, self.error);
         metrics.api().in_flight.dec();
+        let (api, operation) = metrics.names();
+        let outcome = Outcome {
+            api,
+            operation,
+            status: self.status,
+            error: self.error,
+            elapsed,
+        };
+        access::finish(&self.span, entry, &outcome);
     }
 }
 
 pin_project! {
-    /// Request body that counts the bytes it yields.
+    /// Request body that counts the bytes it yields (per api, and per request for the access
+    /// log).
     pub struct CountBody<B> {
         #[pin]
         inner: B,
         counter: IntCounter,
+        tally: Option<Arc<AtomicU64>>,
     }
 }
 
@@ -204,8 +272,11 @@ impl<B: Body> Body for CountBody<B> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            this.counter
-                .inc_by(data.map_or(0, |d| d.remaining() as u64));
+            let bytes = data.map_or(0, |d| d.remaining() as u64);
+            this.counter.inc_by(bytes);
+            if let Some(tally) = this.tally {
+                tally.fetch_add(bytes, Ordering::Relaxed);
+            }
         }
         Poll::Ready(frame)
     }
@@ -243,10 +314,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let polled = {
+            let _entered = this.guard.as_ref().map(|guard| guard.span.enter());
+            this.inner.poll_frame(cx)
+        };
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    this.counter.inc_by(data.remaining() as u64);
+                    let bytes = data.remaining() as u64;
+                    this.counter.inc_by(bytes);
+                    if let Some(entry) = this.guard.as_mut().and_then(|g| g.access.as_mut()) {
+                        entry.add_bytes_out(bytes);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

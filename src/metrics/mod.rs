@@ -634,6 +634,19 @@ impl ProtocolRejections {
     }
 }
 
+// --- access log ---
+impl OperationMetrics {
+    /// The `api` and `operation` label values, for logs and spans.
+    pub fn names(&self) -> (&str, &str) {
+        (&self.api_name, &self.name)
+    }
+}
+
+/// The `status_subclass` label value of a status (`2xx`…), for logs.
+pub fn status_subclass(status: StatusCode) -> &'static str {
+    subclass(status).1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -555,6 +555,15 @@ impl GatewayProcess {
     /// Starts the binary in front of `upstream` with extra `ACSGATE_*` variables, and waits
     /// until its admin port answers.
     pub async fn start(upstream: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start_with_stdout(upstream, env, Stdio::null()).await
+    }
+
+    /// [`GatewayProcess::start`], with the child's stdout (the access log) going to `stdout`.
+    pub async fn start_with_stdout(
+        upstream: &str,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> GatewayProcess {
         let (proxy, admin) = (refused_addr(), refused_addr());
         let mut command = Command::new(env!("CARGO_BIN_EXE_acsgate"));
         command
@@ -562,7 +571,7 @@ impl GatewayProcess {
             .env("ACSGATE_LISTEN", proxy.to_string())
             .env("ACSGATE_ADMIN", admin.to_string())
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .kill_on_drop(true);
         for (k, v) in env {
