@@ -202,6 +202,11 @@ pub struct Settings {
     #[arg(long, env = "ACSGATE_LOG_RAW_PATH", global = true, num_args = 0..=1,
           default_missing_value = "true")]
     pub log_raw_path: Option<bool>,
+
+    // --- log level ---
+    /// Log level or `target=level,…` directives, e.g. `info` or `acsgate=debug,hyper=warn`; `RUST_LOG` wins [default: info]
+    #[arg(long, env = "ACSGATE_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
 }
 
 impl Settings {
@@ -271,6 +276,8 @@ impl Settings {
             // --- access log ---
             access_log: self.access_log.or(lower.access_log),
             log_raw_path: self.log_raw_path.or(lower.log_raw_path),
+            // --- log level ---
+            log_level: self.log_level.or(lower.log_level),
         }
     }
 }
@@ -362,6 +369,9 @@ pub struct Config {
     // --- access log ---
     /// The access log.
     pub access_log: AccessLogConfig,
+    // --- log level ---
+    /// Log directives (`RUST_LOG` syntax), validated.
+    pub log_level: String,
 }
 
 /// Limits that protect the gateway (and the app it serves) from clients.
@@ -532,8 +542,22 @@ impl Config {
                 format: settings.access_log.unwrap_or_default(),
                 raw_path: settings.log_raw_path.unwrap_or(false),
             },
+            log_level: log_level(settings.log_level)?,
         })
     }
+}
+
+/// Default log directives: `info`, with hyper's own warnings (a client's header timeout, say)
+/// left to the rejection counters.
+pub const DEFAULT_LOG_LEVEL: &str = "info,hyper=error";
+
+/// The `log_level` directives, checked; [`DEFAULT_LOG_LEVEL`] when unset.
+fn log_level(value: Option<String>) -> Result<String, ConfigError> {
+    let value = value.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+    value
+        .parse::<tracing_subscriber::filter::Targets>()
+        .map_err(|e| invalid("log_level", format!("`{value}`: {e}")))?;
+    Ok(value)
 }
 
 /// The events listener's settings: both addresses or neither, on a port of its own.
@@ -833,6 +857,23 @@ mod tests {
             err.contains("`histogram_buckets`") && err.contains("increase"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_level_is_checked() {
+        let config = Config::from_settings(with_upstream("https://a.b")).unwrap();
+        assert_eq!(config.log_level, DEFAULT_LOG_LEVEL);
+        let settings = Settings {
+            log_level: Some("acsgate=debug,hyper=warn".into()),
+            ..with_upstream("https://a.b")
+        };
+        assert!(Config::from_settings(settings).is_ok());
+        let settings = Settings {
+            log_level: Some("acsgate=loud".into()),
+            ..with_upstream("https://a.b")
+        };
+        let err = Config::from_settings(settings).unwrap_err().to_string();
+        assert!(err.contains("`log_level`"), "{err}");
     }
 
     #[test]

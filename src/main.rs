@@ -7,7 +7,7 @@ use clap::Parser;
 
 use acsgate::catalogue::Catalogue;
 use acsgate::cli::{Cli, Command, LogFormat};
-use acsgate::config::{Config, DEFAULT_ADMIN, Settings};
+use acsgate::config::{Config, DEFAULT_ADMIN, DEFAULT_LOG_LEVEL, Settings};
 use acsgate::server::Gateway;
 
 // Every request allocates (header maps, buffers, futures) and frees on the same thread soon
@@ -18,7 +18,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The settings are merged again (and their errors reported) once logging is up.
+    let log_level = cli.merged_settings().ok().and_then(|s| s.log_level);
+    init_logging(cli.log_format, log_level.as_deref());
     let mut builder = match cli.worker_threads {
         // One worker: the current-thread scheduler runs every task on this thread, without the
         // work-stealing scheduler's cross-thread wake-ups (measured: README "Performance").
@@ -96,25 +98,22 @@ fn load_catalogue(settings: &Settings) -> Result<Arc<Catalogue>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Logs go to stderr; `RUST_LOG` takes `level` or `target=level,…`. The default is `info`, with
-/// hyper's own warnings (a client's header timeout, say) left to the rejection counters.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
+/// Logs go to stderr. The level is `RUST_LOG` when set, else `log_level` from the flags,
+/// environment or config file, else [`DEFAULT_LOG_LEVEL`]; both take `level` or
+/// `target=level,…`. An invalid `RUST_LOG` is reported and ignored (an invalid `log_level` is
+/// a config error, reported once the settings are validated).
+fn init_logging(format: LogFormat, log_level: Option<&str>) {
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
+    let parse = |text: &str| text.parse::<Targets>();
+    let default = || parse(DEFAULT_LOG_LEVEL).expect("valid default");
+    let configured = log_level.and_then(|text| parse(text).ok());
     let (filter, bad_filter) = match std::env::var("RUST_LOG") {
-        Ok(text) => match text.parse::<Targets>() {
+        Ok(text) => match parse(&text) {
             Ok(filter) => (filter, None),
-            Err(error) => (
-                Targets::new().with_default(LevelFilter::INFO),
-                Some((text, error)),
-            ),
+            Err(error) => (configured.unwrap_or_else(default), Some((text, error))),
         },
-        Err(_) => (
-            Targets::new()
-                .with_default(LevelFilter::INFO)
-                .with_target("hyper", LevelFilter::ERROR),
-            None,
-        ),
+        Err(_) => (configured.unwrap_or_else(default), None),
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
@@ -123,7 +122,7 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => registry.with(layer.json()).init(),
     }
     if let Some((text, error)) = bad_filter {
-        tracing::warn!(%error, "ignoring RUST_LOG={text:?}; logging at info");
+        tracing::warn!(%error, "ignoring RUST_LOG={text:?}");
     }
 }
 

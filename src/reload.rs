@@ -14,7 +14,7 @@
 //! serving. Counters and histograms of operations that still exist keep their values (the
 //! new handles are bound by name to the same series); series of removed operations are
 //! removed; new operations start from zero. What is tied to a socket (listener addresses,
-//! TLS files, connection limits and timeouts, the events listener, the access log's format) needs a restart: a
+//! TLS files, connection limits and timeouts, the events listener, the access log's format, the log level) needs a restart: a
 //! reload that changes it says so in the log and keeps the running value.
 
 use std::collections::HashSet;
@@ -359,6 +359,7 @@ fn keep_socket_settings(running: &Config, next: &mut Config) -> Vec<&'static str
         "header_read_timeout" => header_read_timeout,
         "drain_timeout" => drain_timeout,
         "access_log/log_raw_path" => access_log,
+        "log_level" => log_level,
     }
     changed
 }

@@ -62,6 +62,11 @@ fn check_config_names_the_bad_key() {
             "upstream = \"https://a.b\"\nbuckets = [1, 0.5]\n",
             "buckets",
         ),
+        (
+            "level.toml",
+            "upstream = \"https://a.b\"\nlog_level = \"acsgate=loud\"\n",
+            "log_level",
+        ),
     ];
     for (name, text, key) in cases {
         let path = temp_file(name, text);
@@ -139,7 +144,15 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn the_binary_serves_from_environment_settings_and_exits_0_on_sigterm() {
-    serves_and_exits_0_on_sigterm(&[]).await;
+    let log = serves_and_exits_0_on_sigterm(&[]).await;
+    assert!(log.contains("acsgate serving"), "{log}");
+}
+
+/// `log_level` (here from the environment) sets the level when `RUST_LOG` is unset.
+#[tokio::test]
+async fn log_level_warn_leaves_out_the_info_lines() {
+    let log = serves_and_exits_0_on_sigterm(&[("ACSGATE_LOG_LEVEL", "warn")]).await;
+    assert!(!log.contains("acsgate serving"), "{log}");
 }
 
 /// One worker thread takes the current-thread runtime: the same serving and shutdown.
@@ -148,7 +161,8 @@ async fn one_worker_thread_serves_and_exits_0_on_sigterm() {
     serves_and_exits_0_on_sigterm(&[("ACSGATE_WORKER_THREADS", "1")]).await;
 }
 
-async fn serves_and_exits_0_on_sigterm(env: &[(&str, &str)]) {
+/// Runs the binary, checks it serves and stops cleanly, and returns what it logged.
+async fn serves_and_exits_0_on_sigterm(env: &[(&str, &str)]) -> String {
     let upstream = support::Upstream::ok().await;
     let (proxy, admin) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_acsgate"))
@@ -156,6 +170,7 @@ async fn serves_and_exits_0_on_sigterm(env: &[(&str, &str)]) {
         .env("ACSGATE_UPSTREAM", upstream.url())
         .env("ACSGATE_LISTEN", format!("127.0.0.1:{proxy}"))
         .env("ACSGATE_ADMIN", format!("127.0.0.1:{admin}"))
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -210,4 +225,10 @@ async fn serves_and_exits_0_on_sigterm(env: &[(&str, &str)]) {
         .expect("exits within the drain deadline")
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().expect("piped");
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log)
+        .await
+        .unwrap();
+    log
 }
