@@ -11,7 +11,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use acsgate::error::ERROR_HEADER;
-use support::faults::{Fault, FaultUpstream, refused_addr};
+use support::faults::{BlackHole, Fault, FaultUpstream, refused_addr};
 use support::{Metrics, gateway, h1_client, request, scrape, send, settings};
 
 /// (method, path, operation) for four catalogue operations.
@@ -342,4 +342,69 @@ async fn repeatability_headers_pass_through_unchanged() {
         received[0].header("repeatability-first-sent"),
         Some(first_sent)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_connect_black_hole_gives_504_at_the_connect_timeout_and_others_are_served() {
+    let hole = BlackHole::new().await;
+    let timeout = Duration::from_millis(500);
+    let mut s = settings(&hole.url());
+    s.connect_timeout = Some(timeout);
+    s.bad_route = Some(acsgate::proxy::BadRoutePolicy::Reject);
+    let gw = gateway(s).await;
+    let proxy = gw.proxy_addr();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let (method, path, operation) = OPS[i % 4];
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (response, _) = send(
+                    &h1_client(),
+                    request(method.parse().unwrap(), proxy, path, "{}"),
+                )
+                .await;
+                (response, started.elapsed(), operation)
+            })
+        })
+        .collect();
+    // While every connect hangs, the gateway still answers: the admin port shows all eight in
+    // flight at once, and the proxy port answers a request that needs no upstream.
+    let m = support::scrape_until(gw.admin_addr(), |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 8.0
+    })
+    .await;
+    assert_eq!(m.sum("acsgate_requests_in_flight", &[]), 8.0);
+    let (local, _) = send(&h1_client(), request(Method::GET, proxy, "/nowhere", "")).await;
+    assert_eq!(local.status(), StatusCode::NOT_FOUND);
+
+    for call in calls {
+        let (response, took, operation) = call.await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "{operation}"
+        );
+        assert_eq!(response.headers()[ERROR_HEADER], "timeout", "{operation}");
+        // Each one waited out its own connect timeout, concurrently, not one after another.
+        assert!(took >= timeout, "{operation}: {took:?}");
+        assert!(took < timeout * 2, "{operation}: {took:?}");
+    }
+    let m = support::scrape_until(gw.admin_addr(), |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0
+    })
+    .await;
+    for (_, _, operation) in OPS {
+        let labels = [("operation", operation), ("status_code", "504")];
+        assert_eq!(count(&m, &labels), 2.0, "{operation}");
+        assert_eq!(
+            m.sum(
+                "acsgate_request_duration_seconds_count",
+                &[("operation", operation), ("status_subclass", "5xx")]
+            ),
+            2.0
+        );
+    }
+    assert_eq!(count(&m, &[("status_code", "504")]), 8.0);
+    assert_eq!(errors(&m, "timeout"), 8.0);
+    assert_eq!(m.sum("acsgate_upstream_errors_total", &[]), 8.0);
 }

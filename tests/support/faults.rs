@@ -204,6 +204,42 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A loopback address that drops SYNs: a listener with backlog 0 whose one-slot accept
+/// queue is filled by a connection nobody accepts. Linux then drops further SYNs, so a
+/// `connect()` hangs until the caller gives up, as with an upstream behind a black-hole route.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _filler: std::net::TcpStream,
+}
+
+impl BlackHole {
+    /// Binds the listener and fills its accept queue; checks that a further connect hangs.
+    pub async fn new() -> BlackHole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        let probe =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await;
+        assert!(
+            probe.is_err(),
+            "the full accept queue must drop SYNs: {probe:?}"
+        );
+        BlackHole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 #[derive(PartialEq, Eq)]
 enum End {
     PeerClosed,
