@@ -348,10 +348,6 @@ async fn d4_made_you_reset_flood_draws_goaway_after_the_local_reset_limit() {
     // and its 1,000 upstream calls.
     let cpu = now.cpu_ticks - baseline.cpu_ticks;
     assert!(cpu < 200, "{cpu} ticks of CPU");
-    eprintln!(
-        "D4FIG sent={sent} resets={resets} flood={flood} reached={reached} grew={grew} cpu={cpu} goaway={:?}",
-        goaway(&frames)
-    );
 }
 
 /// D4, single violations: a zero WINDOW_UPDATE, or DATA on a stream the client already
