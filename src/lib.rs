@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod tls;
+pub mod write_stall;
