@@ -90,14 +90,7 @@ async fn b2_client_hangup_mid_upload_never_completes_the_upstream_body() {
 
 #[tokio::test]
 async fn b3_h2_stream_reset_is_499_once_and_the_connection_stays_usable() {
-    let upstream = FaultUpstream::start(|r| {
-        if r.target.starts_with("/sms") {
-            Fault::Hang
-        } else {
-            Fault::ok()
-        }
-    })
-    .await;
+    let upstream = FaultUpstream::hanging("/sms").await;
     let gw = gateway(settings(&upstream.url())).await;
     let tcp = TcpStream::connect(gw.proxy_addr()).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();

@@ -258,14 +258,7 @@ async fn d3_continuation_flood_draws_goaway_at_once_and_reaches_nothing() {
 async fn d4_made_you_reset_flood_draws_goaway_after_the_local_reset_limit() {
     const BATCH: u32 = 50;
     const STREAMS: u32 = 1100;
-    let upstream = FaultUpstream::start(|r| {
-        if r.target.starts_with("/sms") {
-            Fault::Hang
-        } else {
-            Fault::ok()
-        }
-    })
-    .await;
+    let upstream = FaultUpstream::hanging("/sms").await;
     let gw = GatewayProcess::start(&upstream.url(), &[]).await;
     let control = h2_client();
     let rooms = || request(Method::GET, gw.proxy, "/rooms?api-version=2024-04-15", "");

@@ -30,6 +30,18 @@ fn count(m: &Metrics, labels: &[(&str, &str)]) -> f64 {
     m.sum("acsgate_requests_total", labels)
 }
 
+/// Asserts that each of [`OPS`] was counted `n` times with 5xx `status`, in the counter and
+/// in the histogram.
+fn each_operation(m: &Metrics, status: &str, n: f64) {
+    for (_, _, operation) in OPS {
+        let labels = [("operation", operation), ("status_code", status)];
+        assert_eq!(count(m, &labels), n, "{operation}");
+        let histogram = [("operation", operation), ("status_subclass", "5xx")];
+        let observed = m.sum("acsgate_request_duration_seconds_count", &histogram);
+        assert_eq!(observed, n, "{operation}");
+    }
+}
+
 fn errors(m: &Metrics, kind: &str) -> f64 {
     m.sum("acsgate_upstream_errors_total", &[("kind", kind)])
 }
@@ -82,17 +94,7 @@ async fn a1_refused_connections_give_502_connect_counted_once_each() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     let m = scrape(gw.admin_addr()).await;
-    for (_, _, operation) in OPS {
-        let labels = [("operation", operation), ("status_code", "502")];
-        assert_eq!(count(&m, &labels), 5.0, "{operation}");
-        assert_eq!(
-            m.sum(
-                "acsgate_request_duration_seconds_count",
-                &[("operation", operation), ("status_subclass", "5xx")]
-            ),
-            5.0
-        );
-    }
+    each_operation(&m, "502", 5.0);
     assert_eq!(count(&m, &[]), 20.0);
     assert_eq!(errors(&m, "connect"), 20.0);
 }
@@ -393,17 +395,7 @@ async fn a3_connect_black_hole_gives_504_at_the_connect_timeout_and_others_are_s
         m.sum("acsgate_requests_in_flight", &[]) == 0.0
     })
     .await;
-    for (_, _, operation) in OPS {
-        let labels = [("operation", operation), ("status_code", "504")];
-        assert_eq!(count(&m, &labels), 2.0, "{operation}");
-        assert_eq!(
-            m.sum(
-                "acsgate_request_duration_seconds_count",
-                &[("operation", operation), ("status_subclass", "5xx")]
-            ),
-            2.0
-        );
-    }
+    each_operation(&m, "504", 2.0);
     assert_eq!(count(&m, &[("status_code", "504")]), 8.0);
     assert_eq!(errors(&m, "timeout"), 8.0);
     assert_eq!(m.sum("acsgate_upstream_errors_total", &[]), 8.0);

@@ -126,6 +126,19 @@ impl FaultUpstream {
         FaultUpstream::start(move |_| fault.clone()).await
     }
 
+    /// An upstream that holds every request whose target starts with `prefix` (see
+    /// [`Fault::Hang`]) and answers the others 200.
+    pub async fn hanging(prefix: &'static str) -> FaultUpstream {
+        FaultUpstream::start(move |r| {
+            if r.target.starts_with(prefix) {
+                Fault::Hang
+            } else {
+                Fault::ok()
+            }
+        })
+        .await
+    }
+
     /// An upstream that asks `policy` what to do with each request once its head is read
     /// (the body is not read yet when the policy runs; `body_*` fields are empty).
     pub async fn start(policy: impl Fn(&Received) -> Fault + Send + Sync + 'static) -> Self {
