@@ -60,6 +60,21 @@ async fn upload(gw: &GatewayProcess, h2: bool, len: u64) -> StatusCode {
     response.status()
 }
 
+/// Asserts that the upstream received two `len`-byte uploads, whole and uncorrupted.
+fn assert_two_whole_uploads(upstream: &FaultUpstream, len: u64) {
+    let expected = pattern_sha256(len, SEED);
+    let big: Vec<_> = upstream
+        .received()
+        .into_iter()
+        .filter(|r| r.body_len == len)
+        .collect();
+    assert_eq!(big.len(), 2, "both uploads arrived whole");
+    for r in big {
+        assert!(r.body_complete);
+        assert_eq!(r.body_sha256, expected, "upload corrupted");
+    }
+}
+
 /// Downloads the whole body; returns (status, bytes, SHA-256).
 async fn download(gw: &GatewayProcess, h2: bool) -> (StatusCode, u64, [u8; 32]) {
     let request = Request::get(format!("http://{}/rooms?api-version=2024-04-15", gw.proxy))
@@ -94,17 +109,7 @@ async fn e5_large_uploads_stream_byte_identical_with_bounded_memory() {
         assert_eq!(upload(&gw, h2, len).await, StatusCode::OK);
     }
     let peak = gw.sample();
-    let expected = pattern_sha256(len, SEED);
-    let big: Vec<_> = upstream
-        .received()
-        .into_iter()
-        .filter(|r| r.body_len == len)
-        .collect();
-    assert_eq!(big.len(), 2, "both uploads arrived whole");
-    for r in big {
-        assert!(r.body_complete);
-        assert_eq!(r.body_sha256, expected, "upload corrupted");
-    }
+    assert_two_whole_uploads(&upstream, len);
     let grew = peak.hwm_kib.saturating_sub(baseline.hwm_kib);
     println!(
         "soak| upload {} MiB, h1 + h2 | gateway VmHWM growth (KiB) | {grew}",
@@ -219,17 +224,7 @@ async fn e7_a_slow_upstream_back_pressures_the_upload() {
         );
     }
     let grew = gw.sample().hwm_kib.saturating_sub(baseline.hwm_kib);
-    let expected = pattern_sha256(LEN, SEED);
-    let big: Vec<_> = upstream
-        .received()
-        .into_iter()
-        .filter(|r| r.body_len == LEN)
-        .collect();
-    assert_eq!(big.len(), 2, "both uploads arrived whole");
-    assert!(
-        big.iter()
-            .all(|r| r.body_complete && r.body_sha256 == expected)
-    );
+    assert_two_whole_uploads(&upstream, LEN);
     // Buffering the difference between the client's and the upstream's speeds would cost
     // most of the body.
     assert!(grew < (LEN >> 10) / 3, "gateway peak RSS grew {grew} KiB");
