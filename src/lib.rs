@@ -24,3 +24,4 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod write_stall;

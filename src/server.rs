@@ -59,6 +59,7 @@ use crate::reload::{
     self, ConfigSource, Pipeline, Reload, ReloadError, ReloadSummary, Reloader, Reloading, Shared,
 };
 use crate::tls::{TlsAccept, TlsError};
+use crate::write_stall::WriteStall;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +346,9 @@ pub(crate) struct ConnectionPolicy {
     pub(crate) drain: Duration,
     /// Cancelled when the drain deadline passes.
     pub(crate) drain_expired: CancellationToken,
+    // --- slow readers ---
+    /// How long a write to the client may stay pending before the connection is ended.
+    pub(crate) write_stall: Duration,
 }
 
 impl ConnectionPolicy {
@@ -364,6 +368,9 @@ impl ConnectionPolicy {
             rejections: Some(rejections),
             drain: config.drain_timeout,
             drain_expired,
+            // A client that reads nothing is held to the same limit as an upstream that sends
+            // nothing.
+            write_stall: config.timeouts.body_idle,
         }
     }
 
@@ -378,6 +385,7 @@ impl ConnectionPolicy {
             rejections: None,
             drain: Duration::from_secs(1),
             drain_expired: CancellationToken::new(),
+            write_stall: header_read_timeout,
         }
     }
 }
@@ -431,13 +439,16 @@ pub(crate) async fn serve<M, S, B>(
                     };
                     let (builder, tls, watcher) =
                         (policy.builder.clone(), policy.tls.clone(), graceful.watcher());
+                    let write_stall = policy.write_stall;
                     tokio::spawn(async move {
                         let Some(tls) = tls else {
+                            let stream = WriteStall::new(stream, write_stall);
                             let connection = builder.serve_connection(TokioIo::new(stream), service);
                             return guard.run(watcher.watch(connection.into_owned())).await;
                         };
                         match tokio::time::timeout_at(guard.deadline, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
+                                let stream = WriteStall::new(stream, write_stall);
                                 let connection =
                                     builder.serve_connection(TokioIo::new(stream), service);
                                 guard.run(watcher.watch(connection.into_owned())).await;

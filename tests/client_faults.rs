@@ -90,14 +90,7 @@ async fn b2_client_hangup_mid_upload_never_completes_the_upstream_body() {
 
 #[tokio::test]
 async fn b3_h2_stream_reset_is_499_once_and_the_connection_stays_usable() {
-    let upstream = FaultUpstream::start(|r| {
-        if r.target.starts_with("/sms") {
-            Fault::Hang
-        } else {
-            Fault::ok()
-        }
-    })
-    .await;
+    let upstream = FaultUpstream::hanging("/sms").await;
     let gw = gateway(settings(&upstream.url())).await;
     let tcp = TcpStream::connect(gw.proxy_addr()).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -188,4 +181,67 @@ async fn b5_a_body_dripped_at_one_byte_per_second_is_cut_off() {
     }
     assert!(closed, "a 1 byte/s body was still accepted after 8 s");
     assert!(upstream.received().iter().all(|r| !r.body_complete));
+}
+
+/// B6, slow reader over HTTP/1.1: the client reads the head and a little of a 256 MiB download,
+/// then stops reading. The gateway holds nothing beyond its socket buffers (its peak RSS stays
+/// flat, so the upstream is back-pressured: the body cannot be anywhere else), ends the
+/// connection once its writes have made no progress for the body idle timeout, and counts the
+/// request once, with the status it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b6_slow_reader_is_back_pressured_then_cut_by_the_body_idle_timeout() {
+    use support::faults::GatewayProcess;
+    use tokio::io::AsyncReadExt;
+    const LEN: u64 = 256 << 20;
+    let idle = Duration::from_secs(1);
+    let upstream = FaultUpstream::fixed(Fault::Stream { len: LEN, seed: 6 }).await;
+    let gw = GatewayProcess::start(&upstream.url(), &[("ACSGATE_BODY_IDLE_TIMEOUT", "1s")]).await;
+    let baseline = gw.sample();
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    let sent = tokio::time::Instant::now();
+    stream
+        .write_all(b"GET /rooms?api-version=2024-04-15 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0usize;
+    while read < 64 * 1024 {
+        read += stream.read(&mut buf).await.unwrap();
+    }
+    // Stop reading. The request stays in flight while the buffers fill and the writes stall,
+    // then ends once they have stalled for the body idle timeout.
+    let stopped = tokio::time::Instant::now();
+    let m = scrape_until(gw.admin, |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0
+    })
+    .await;
+    let cut_after = stopped.elapsed();
+    assert_eq!(
+        m.sum("acsgate_requests_in_flight", &[]),
+        0.0,
+        "still in flight"
+    );
+    // The writes may stall before the client stops (its window opens only after it has read
+    // enough), but never before the request was sent.
+    assert!(sent.elapsed() >= idle, "{:?}", sent.elapsed());
+    assert!(cut_after < idle * 3, "{cut_after:?}");
+    let stalled = gw.sample();
+    let grew = stalled.hwm_kib - baseline.hwm_kib;
+    assert!(grew < 32 * 1024, "VmHWM grew {grew} KiB");
+    assert_eq!(
+        count(&m, &[("operation", "ListRooms"), ("status_code", "200")]),
+        1.0
+    );
+    assert_eq!(count(&m, &[]), 1.0);
+
+    // What was already in the socket buffers can still be read; then the connection ends
+    // (never a clean end of the 256 MiB body).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => read += n,
+            Err(_) => panic!("the gateway left the connection open"),
+        }
+    }
+    assert!((read as u64) < LEN / 16, "{read} bytes reached the client");
 }

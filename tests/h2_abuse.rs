@@ -6,6 +6,9 @@
 //! memory stays flat, other clients are unaffected, and whatever reached the service is
 //! counted once as 499. D7: a body that contradicts its `content-length` never reaches the
 //! upstream complete. D5: streams beyond `max_concurrent_streams` wait for a free slot.
+//!
+//! D3, D4 and D7's connection-specific headers need frames the `h2` client refuses to send;
+//! they use the raw-frame client of `support::h2raw`.
 
 mod support;
 
@@ -17,9 +20,21 @@ use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
 use support::faults::{Fault, FaultUpstream, GatewayProcess};
-use support::{h2_client, request, scrape, scrape_until, send};
+use support::h2raw::{
+    self, CONTINUATION, DATA, END_HEADERS, END_STREAM, Frame, HEADERS, RawH2, frame, request_block,
+    window_update,
+};
+use support::{Metrics, h2_client, request, scrape, scrape_until, send};
 
 const PATH: &str = "http://acs/sms?api-version=2021-03-07";
+
+/// Connections the gateway ended with a GOAWAY of its own (`reason="h2_protocol"`).
+fn h2_rejections(m: &Metrics) -> f64 {
+    m.sum(
+        "acsgate_protocol_rejections_total",
+        &[("reason", "h2_protocol")],
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d1_rapid_reset_draws_goaway_and_leaves_the_gateway_healthy() {
@@ -68,21 +83,11 @@ async fn d1_rapid_reset_draws_goaway_and_leaves_the_gateway_healthy() {
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
 
     let after = scrape_until(gw.admin, |m| {
-        m.sum("acsgate_requests_in_flight", &[]) == 0.0
-            && m.sum(
-                "acsgate_protocol_rejections_total",
-                &[("reason", "h2_protocol")],
-            ) >= 1.0
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0 && h2_rejections(m) >= 1.0
     })
     .await;
-    let rejected = |m: &support::Metrics| {
-        m.sum(
-            "acsgate_protocol_rejections_total",
-            &[("reason", "h2_protocol")],
-        )
-    };
     assert_eq!(
-        rejected(&after) - rejected(&before),
+        h2_rejections(&after) - h2_rejections(&before),
         1.0,
         "one GOAWAY for the flood"
     );
@@ -186,4 +191,262 @@ async fn d5_streams_beyond_max_concurrent_streams_wait_for_a_free_slot() {
         assert_eq!(call.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(upstream.received().len(), 101);
+}
+
+/// The GOAWAY among `frames`: (last stream id, reason).
+fn goaway(frames: &[Frame]) -> Option<(u32, Reason)> {
+    frames.iter().find_map(Frame::goaway)
+}
+
+/// D3: HEADERS without END_HEADERS, then CONTINUATION frames without end. h2 allows a few
+/// more CONTINUATION frames than the header-list limit needs and then sends
+/// GOAWAY(ENHANCE_YOUR_CALM); nothing of the flood is buffered or reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d3_continuation_flood_draws_goaway_at_once_and_reaches_nothing() {
+    let upstream = FaultUpstream::fixed(Fault::ok()).await;
+    let gw = GatewayProcess::start(&upstream.url(), &[]).await;
+    let control = h2_client();
+    let sms = || request(Method::POST, gw.proxy, "/sms?api-version=2021-03-07", "{}");
+    assert_eq!(send(&control, sms()).await.0.status(), StatusCode::OK);
+    let before = scrape(gw.admin).await;
+    let baseline = gw.sample();
+
+    let mut raw = RawH2::connect(gw.proxy).await;
+    let started = tokio::time::Instant::now();
+    let head = request_block("POST", "/sms?api-version=2021-03-07", &[]);
+    raw.send(&frame(HEADERS, 0, 1, &head)).await.unwrap();
+    let filler = h2raw::block(&[("x-flood", &"f".repeat(200))]);
+    let batch: Vec<u8> = (0..100)
+        .flat_map(|_| frame(CONTINUATION, 0, 1, &filler))
+        .collect();
+    // Up to 10,000 frames (about 2 MiB); the gateway closes long before.
+    for _ in 0..100 {
+        if raw.send(&batch).await.is_err() {
+            break;
+        }
+    }
+    let (frames, closed) = raw.until_closed(Duration::from_secs(2)).await;
+    assert!(closed, "the gateway closes the connection");
+    let closed_after = started.elapsed();
+    assert!(closed_after < Duration::from_secs(1), "{closed_after:?}");
+    let (_, reason) = goaway(&frames).expect("a GOAWAY before the close");
+    assert_eq!(reason, Reason::ENHANCE_YOUR_CALM);
+
+    assert_eq!(send(&control, sms()).await.0.status(), StatusCode::OK);
+    let after = scrape_until(gw.admin, |m| h2_rejections(m) > h2_rejections(&before)).await;
+    assert_eq!(h2_rejections(&after) - h2_rejections(&before), 1.0);
+    let requests = |m: &Metrics| m.sum("acsgate_requests_total", &[]);
+    assert_eq!(
+        requests(&after) - requests(&before),
+        1.0,
+        "only the control"
+    );
+    assert_eq!(upstream.received().len(), 2, "warm-up and control only");
+    let grew = gw.sample().rss_kib.saturating_sub(baseline.rss_kib);
+    assert!(grew < 5 * 1024, "RSS grew {grew} KiB");
+}
+
+/// D4 "MadeYouReset" (CVE-2025-8671): each stream carries a complete request which the
+/// gateway forwards (the upstream holds it), and then the client makes the stream invalid (a
+/// WINDOW_UPDATE that overflows the stream's send window), so the server resets it itself.
+/// Unlike a client RST_STREAM this does not count toward the rapid-reset limit, and the
+/// upstream work has already started. h2 counts these resets
+/// (`max_local_error_reset_streams`, 1024) and then sends GOAWAY(ENHANCE_YOUR_CALM). Each cut
+/// request is counted once as 499 and its upstream call cancelled; memory and CPU stay
+/// bounded; other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_made_you_reset_flood_draws_goaway_after_the_local_reset_limit() {
+    const BATCH: u32 = 50;
+    const STREAMS: u32 = 1100;
+    let upstream = FaultUpstream::hanging("/sms").await;
+    let gw = GatewayProcess::start(&upstream.url(), &[]).await;
+    let control = h2_client();
+    let rooms = || request(Method::GET, gw.proxy, "/rooms?api-version=2024-04-15", "");
+    assert_eq!(send(&control, rooms()).await.0.status(), StatusCode::OK);
+    let before = scrape(gw.admin).await;
+    let baseline = gw.sample();
+    let at_upstream = || {
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.target.starts_with("/sms"))
+            .count()
+    };
+
+    let mut raw = RawH2::connect(gw.proxy).await;
+    let head = request_block("POST", "/sms?api-version=2021-03-07", &[]);
+    let mut sent = 0;
+    'flood: for batch in 0..STREAMS / BATCH {
+        let ids: Vec<u32> = (0..BATCH).map(|i| 2 * (batch * BATCH + i) + 1).collect();
+        let heads: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| frame(HEADERS, END_HEADERS | END_STREAM, id, &head))
+            .collect();
+        if raw.send(&heads).await.is_err() {
+            break;
+        }
+        // Reset only once the requests are at the upstream: the work the attack wastes.
+        let arrived = at_upstream() + BATCH as usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while at_upstream() < arrived && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for &id in &ids {
+            if raw.send(&window_update(id, 0x7fff_ffff)).await.is_err() {
+                break 'flood;
+            }
+        }
+        sent += BATCH;
+    }
+    let (frames, closed) = raw.until_closed(Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "the gateway closes the connection ({sent} streams sent)"
+    );
+    let (_, reason) = goaway(&frames).expect("a GOAWAY before the close");
+    assert_eq!(reason, Reason::ENHANCE_YOUR_CALM);
+    let resets = frames.iter().filter_map(Frame::reset).count();
+    assert!(resets <= 1024, "{resets} RST_STREAM before the GOAWAY");
+
+    assert_eq!(send(&control, rooms()).await.0.status(), StatusCode::OK);
+    let after = scrape_until(gw.admin, |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0 && h2_rejections(m) > h2_rejections(&before)
+    })
+    .await;
+    assert_eq!(h2_rejections(&after) - h2_rejections(&before), 1.0);
+    assert_eq!(after.sum("acsgate_requests_in_flight", &[]), 0.0);
+    let delta = |labels: &[(&str, &str)]| {
+        after.sum("acsgate_requests_total", labels) - before.sum("acsgate_requests_total", labels)
+    };
+    // Every stream that reached the upstream was cut: counted once each, as 499.
+    let flood = delta(&[("operation", "SMSMessageSent")]);
+    let cut = delta(&[("operation", "SMSMessageSent"), ("status_code", "499")]);
+    let reached = at_upstream() as f64;
+    assert_eq!(flood, cut, "{flood} counted, {cut} as 499");
+    assert!(
+        flood >= 1024.0 && flood <= f64::from(STREAMS),
+        "{flood} counted"
+    );
+    assert_eq!(reached, flood, "{reached} upstream, {flood} counted");
+    // The cut requests' upstream connections are closed, not left hanging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while (upstream.closed_by_peer() as f64) < reached && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.closed_by_peer() as f64, reached);
+    let now = gw.sample();
+    let grew = now.rss_kib.saturating_sub(baseline.rss_kib);
+    assert!(grew < 16 * 1024, "RSS grew {grew} KiB");
+    // Clock ticks are 1/100 s on Linux; a debug build stays under 2 core-seconds for the flood
+    // and its 1,000 upstream calls.
+    let cpu = now.cpu_ticks - baseline.cpu_ticks;
+    assert!(cpu < 200, "{cpu} ticks of CPU");
+}
+
+/// D4, single violations: a zero WINDOW_UPDATE, or DATA on a stream the client already
+/// ended, is a connection error in h2: the gateway sends GOAWAY(PROTOCOL_ERROR), ends only
+/// that connection, counts it under `h2_protocol`, and counts the cut request once (499).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_a_frame_violating_the_protocol_ends_only_its_connection() {
+    let upstream = FaultUpstream::fixed(Fault::Hang).await;
+    let mut s = support::settings(&upstream.url());
+    s.response_timeout = Some(Duration::from_secs(5));
+    let gw = support::gateway(s).await;
+    let head = request_block("GET", "/rooms?api-version=2024-04-15", &[]);
+    let violations = [window_update(1, 0), frame(DATA, 0, 1, b"x")];
+    for violation in &violations {
+        let mut raw = RawH2::connect(gw.proxy_addr()).await;
+        raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &head))
+            .await
+            .unwrap();
+        // Once the request is at the upstream, the stream is half-closed on the server.
+        let seen = upstream.received().len();
+        upstream.wait_for_requests(seen + 1).await;
+        raw.send(violation).await.unwrap();
+        let (frames, closed) = raw.until_closed(Duration::from_secs(2)).await;
+        assert!(closed, "{violation:?}");
+        assert_eq!(
+            goaway(&frames),
+            Some((1, Reason::PROTOCOL_ERROR)),
+            "{violation:?}"
+        );
+    }
+    let m = scrape_until(gw.admin_addr(), |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0 && h2_rejections(m) >= 2.0
+    })
+    .await;
+    assert_eq!(h2_rejections(&m), 2.0);
+    assert_eq!(
+        m.sum("acsgate_requests_total", &[("status_code", "499")]),
+        2.0
+    );
+    assert_eq!(m.sum("acsgate_requests_total", &[]), 2.0);
+    assert_eq!(upstream.received().len(), 2);
+}
+
+/// D7, RFC 9113 §8.2.2: an h2 request carrying a connection-specific header is malformed. Each
+/// such stream is reset with PROTOCOL_ERROR before it becomes a request (nothing forwarded,
+/// nothing counted), and the connection goes on serving: `te: trailers`, the one allowed
+/// value, is served on the same connection.
+#[tokio::test]
+async fn d7_connection_specific_headers_reset_the_stream_and_are_never_forwarded() {
+    let upstream = FaultUpstream::fixed(Fault::ok()).await;
+    let gw = support::gateway(support::settings(&upstream.url())).await;
+    let bad = [
+        ("connection", "keep-alive"),
+        ("te", "gzip"),
+        ("transfer-encoding", "chunked"),
+        ("keep-alive", "timeout=5"),
+        ("upgrade", "h2c"),
+        ("proxy-connection", "keep-alive"),
+    ];
+    let mut raw = RawH2::connect(gw.proxy_addr()).await;
+    let path = "/sms?api-version=2021-03-07";
+    for (i, header) in bad.iter().enumerate() {
+        let head = request_block("POST", path, &[*header]);
+        let id = 2 * i as u32 + 1;
+        raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, id, &head))
+            .await
+            .unwrap();
+    }
+    let control = 2 * bad.len() as u32 + 1;
+    let head = request_block("POST", path, &[("te", "trailers")]);
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, control, &head))
+        .await
+        .unwrap();
+
+    let mut frames = Vec::new();
+    while !frames
+        .iter()
+        .any(|f: &Frame| f.stream == control && f.kind == HEADERS)
+    {
+        let frame = raw.next(Duration::from_secs(5)).await;
+        frames.push(frame.expect("the control stream is answered on the same connection"));
+    }
+    for (i, header) in bad.iter().enumerate() {
+        let on_stream: Vec<_> = frames
+            .iter()
+            .filter(|f| f.stream == 2 * i as u32 + 1)
+            .collect();
+        assert_eq!(on_stream.len(), 1, "{header:?}: {on_stream:?}");
+        assert_eq!(
+            on_stream[0].reset(),
+            Some(Reason::PROTOCOL_ERROR),
+            "{header:?}"
+        );
+    }
+    let answer = frames
+        .iter()
+        .find(|f| f.stream == control && f.kind == HEADERS);
+    assert_eq!(answer.and_then(Frame::status), Some(200));
+    assert!(goaway(&frames).is_none(), "the connection survives");
+
+    let received = upstream.received();
+    assert_eq!(received.len(), 1, "only the control request is forwarded");
+    for (name, _) in bad {
+        assert!(received[0].header(name).is_none(), "{name} forwarded");
+    }
+    let m = scrape(gw.admin_addr()).await;
+    assert_eq!(m.sum("acsgate_requests_total", &[]), 1.0);
+    assert_eq!(h2_rejections(&m), 0.0);
 }

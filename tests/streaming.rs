@@ -2,6 +2,8 @@
 //! directions over HTTP/1.1 and h2c, byte-identical (SHA-256), without the gateway buffering
 //! them: its peak RSS (`VmHWM`) may grow by less than 32 MiB for a 64 MiB body.
 //!
+//! E7 (CI variant): a slow upstream back-pressures an upload instead of the gateway buffering it.
+//!
 //! `ACSGATE_STREAM_MIB` sets the body size (default 64; the soak tier uses 1024).
 
 mod support;
@@ -58,6 +60,21 @@ async fn upload(gw: &GatewayProcess, h2: bool, len: u64) -> StatusCode {
     response.status()
 }
 
+/// Asserts that the upstream received two `len`-byte uploads, whole and uncorrupted.
+fn assert_two_whole_uploads(upstream: &FaultUpstream, len: u64) {
+    let expected = pattern_sha256(len, SEED);
+    let big: Vec<_> = upstream
+        .received()
+        .into_iter()
+        .filter(|r| r.body_len == len)
+        .collect();
+    assert_eq!(big.len(), 2, "both uploads arrived whole");
+    for r in big {
+        assert!(r.body_complete);
+        assert_eq!(r.body_sha256, expected, "upload corrupted");
+    }
+}
+
 /// Downloads the whole body; returns (status, bytes, SHA-256).
 async fn download(gw: &GatewayProcess, h2: bool) -> (StatusCode, u64, [u8; 32]) {
     let request = Request::get(format!("http://{}/rooms?api-version=2024-04-15", gw.proxy))
@@ -92,17 +109,7 @@ async fn e5_large_uploads_stream_byte_identical_with_bounded_memory() {
         assert_eq!(upload(&gw, h2, len).await, StatusCode::OK);
     }
     let peak = gw.sample();
-    let expected = pattern_sha256(len, SEED);
-    let big: Vec<_> = upstream
-        .received()
-        .into_iter()
-        .filter(|r| r.body_len == len)
-        .collect();
-    assert_eq!(big.len(), 2, "both uploads arrived whole");
-    for r in big {
-        assert!(r.body_complete);
-        assert_eq!(r.body_sha256, expected, "upload corrupted");
-    }
+    assert_two_whole_uploads(&upstream, len);
     let grew = peak.hwm_kib.saturating_sub(baseline.hwm_kib);
     println!(
         "soak| upload {} MiB, h1 + h2 | gateway VmHWM growth (KiB) | {grew}",
@@ -188,4 +195,37 @@ impl Body for PatternBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.left)
     }
+}
+
+/// E7 (CI variant): a fast client uploads to an upstream that reads at 16 MiB/s. Flow control
+/// pushes back to the client through the gateway (h1: TCP; h2: stream windows) instead of the
+/// gateway buffering the difference: the upload takes as long as the upstream needs, arrives
+/// whole, and the gateway's peak RSS grows by far less than the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e7_a_slow_upstream_back_pressures_the_upload() {
+    const RATE: u64 = 16 << 20;
+    const LEN: u64 = 24 << 20;
+    let upstream = FaultUpstream::fixed(Fault::SlowRead {
+        bytes_per_sec: RATE,
+    })
+    .await;
+    let gw = GatewayProcess::start(&upstream.url(), &[]).await;
+    for h2 in [false, true] {
+        assert_eq!(upload(&gw, h2, 1024).await, StatusCode::OK);
+    }
+    let baseline = gw.sample();
+    for h2 in [false, true] {
+        let started = tokio::time::Instant::now();
+        assert_eq!(upload(&gw, h2, LEN).await, StatusCode::OK);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs_f64(LEN as f64 / RATE as f64),
+            "{took:?}"
+        );
+    }
+    let grew = gw.sample().hwm_kib.saturating_sub(baseline.hwm_kib);
+    assert_two_whole_uploads(&upstream, LEN);
+    // Buffering the difference between the client's and the upstream's speeds would cost
+    // most of the body.
+    assert!(grew < (LEN >> 10) / 3, "gateway peak RSS grew {grew} KiB");
 }

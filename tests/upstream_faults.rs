@@ -11,7 +11,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use acsgate::error::ERROR_HEADER;
-use support::faults::{Fault, FaultUpstream, refused_addr};
+use support::faults::{BlackHole, Fault, FaultUpstream, refused_addr};
 use support::{Metrics, gateway, h1_client, request, scrape, send, settings};
 
 /// (method, path, operation) for four catalogue operations.
@@ -28,6 +28,18 @@ const OPS: [(&str, &str, &str); 4] = [
 
 fn count(m: &Metrics, labels: &[(&str, &str)]) -> f64 {
     m.sum("acsgate_requests_total", labels)
+}
+
+/// Asserts that each of [`OPS`] was counted `n` times with 5xx `status`, in the counter and
+/// in the histogram.
+fn each_operation(m: &Metrics, status: &str, n: f64) {
+    for (_, _, operation) in OPS {
+        let labels = [("operation", operation), ("status_code", status)];
+        assert_eq!(count(m, &labels), n, "{operation}");
+        let histogram = [("operation", operation), ("status_subclass", "5xx")];
+        let observed = m.sum("acsgate_request_duration_seconds_count", &histogram);
+        assert_eq!(observed, n, "{operation}");
+    }
 }
 
 fn errors(m: &Metrics, kind: &str) -> f64 {
@@ -82,17 +94,7 @@ async fn a1_refused_connections_give_502_connect_counted_once_each() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     let m = scrape(gw.admin_addr()).await;
-    for (_, _, operation) in OPS {
-        let labels = [("operation", operation), ("status_code", "502")];
-        assert_eq!(count(&m, &labels), 5.0, "{operation}");
-        assert_eq!(
-            m.sum(
-                "acsgate_request_duration_seconds_count",
-                &[("operation", operation), ("status_subclass", "5xx")]
-            ),
-            5.0
-        );
-    }
+    each_operation(&m, "502", 5.0);
     assert_eq!(count(&m, &[]), 20.0);
     assert_eq!(errors(&m, "connect"), 20.0);
 }
@@ -342,4 +344,59 @@ async fn repeatability_headers_pass_through_unchanged() {
         received[0].header("repeatability-first-sent"),
         Some(first_sent)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_connect_black_hole_gives_504_at_the_connect_timeout_and_others_are_served() {
+    let hole = BlackHole::new().await;
+    let timeout = Duration::from_millis(500);
+    let mut s = settings(&hole.url());
+    s.connect_timeout = Some(timeout);
+    s.bad_route = Some(acsgate::proxy::BadRoutePolicy::Reject);
+    let gw = gateway(s).await;
+    let proxy = gw.proxy_addr();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let (method, path, operation) = OPS[i % 4];
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (response, _) = send(
+                    &h1_client(),
+                    request(method.parse().unwrap(), proxy, path, "{}"),
+                )
+                .await;
+                (response, started.elapsed(), operation)
+            })
+        })
+        .collect();
+    // While every connect hangs, the gateway still answers: the admin port shows all eight in
+    // flight at once, and the proxy port answers a request that needs no upstream.
+    let m = support::scrape_until(gw.admin_addr(), |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 8.0
+    })
+    .await;
+    assert_eq!(m.sum("acsgate_requests_in_flight", &[]), 8.0);
+    let (local, _) = send(&h1_client(), request(Method::GET, proxy, "/nowhere", "")).await;
+    assert_eq!(local.status(), StatusCode::NOT_FOUND);
+
+    for call in calls {
+        let (response, took, operation) = call.await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "{operation}"
+        );
+        assert_eq!(response.headers()[ERROR_HEADER], "timeout", "{operation}");
+        // Each one waited out its own connect timeout, concurrently, not one after another.
+        assert!(took >= timeout, "{operation}: {took:?}");
+        assert!(took < timeout * 2, "{operation}: {took:?}");
+    }
+    let m = support::scrape_until(gw.admin_addr(), |m| {
+        m.sum("acsgate_requests_in_flight", &[]) == 0.0
+    })
+    .await;
+    each_operation(&m, "504", 2.0);
+    assert_eq!(count(&m, &[("status_code", "504")]), 8.0);
+    assert_eq!(errors(&m, "timeout"), 8.0);
+    assert_eq!(m.sum("acsgate_upstream_errors_total", &[]), 8.0);
 }

@@ -53,6 +53,8 @@ pub enum Fault {
     BadStatusLine,
     /// Send a response head of about 1 MiB of headers.
     HugeHeaders,
+    /// Read the request body at no more than `bytes_per_sec`, then answer like `ok()`.
+    SlowRead { bytes_per_sec: u64 },
 }
 
 impl Fault {
@@ -124,6 +126,19 @@ impl FaultUpstream {
     /// An upstream that does `fault` to every request.
     pub async fn fixed(fault: Fault) -> FaultUpstream {
         FaultUpstream::start(move |_| fault.clone()).await
+    }
+
+    /// An upstream that holds every request whose target starts with `prefix` (see
+    /// [`Fault::Hang`]) and answers the others 200.
+    pub async fn hanging(prefix: &'static str) -> FaultUpstream {
+        FaultUpstream::start(move |r| {
+            if r.target.starts_with(prefix) {
+                Fault::Hang
+            } else {
+                Fault::ok()
+            }
+        })
+        .await
     }
 
     /// An upstream that asks `policy` what to do with each request once its head is read
@@ -204,6 +219,42 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A loopback address that drops SYNs: a listener with backlog 0 whose one-slot accept
+/// queue is filled by a connection nobody accepts. Linux then drops further SYNs, so a
+/// `connect()` hangs until the caller gives up, as with an upstream behind a black-hole route.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _filler: std::net::TcpStream,
+}
+
+impl BlackHole {
+    /// Binds the listener and fills its accept queue; checks that a further connect hangs.
+    pub async fn new() -> BlackHole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        let probe =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await;
+        assert!(
+            probe.is_err(),
+            "the full accept queue must drop SYNs: {probe:?}"
+        );
+        BlackHole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 #[derive(PartialEq, Eq)]
 enum End {
     PeerClosed,
@@ -236,7 +287,14 @@ async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
             return End::Other;
         }
         let framing = framing(&request);
-        let (sha, len, complete) = read_body(&mut stream, framing).await;
+        let pace = Pace {
+            rate: match fault {
+                Fault::SlowRead { bytes_per_sec } => Some(bytes_per_sec),
+                _ => None,
+            },
+            start: tokio::time::Instant::now(),
+        };
+        let (sha, len, complete) = read_body(&mut stream, framing, &pace).await;
         request.body_sha256 = sha;
         request.body_len = len;
         request.body_complete = complete;
@@ -247,6 +305,7 @@ async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
         let socket = stream.get_mut();
         let result = match fault {
             Fault::Ok { status, body } => respond(socket, status, &body).await,
+            Fault::SlowRead { .. } => respond(socket, 200, br#"{"ok":true}"#).await,
             Fault::Delay {
                 after,
                 status,
@@ -356,11 +415,31 @@ fn framing(request: &Received) -> Framing {
 }
 
 /// Reads and hashes the body; returns (sha, bytes, complete).
-async fn read_body(stream: &mut BufReader<TcpStream>, framing: Framing) -> ([u8; 32], u64, bool) {
+/// How fast a request body may be read: at most `rate` bytes per second since `start`.
+struct Pace {
+    rate: Option<u64>,
+    start: tokio::time::Instant,
+}
+
+impl Pace {
+    /// Sleeps until `read` bytes are within the rate.
+    async fn wait(&self, read: u64) {
+        if let Some(rate) = self.rate {
+            let due = self.start + Duration::from_secs_f64(read as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+async fn read_body(
+    stream: &mut BufReader<TcpStream>,
+    framing: Framing,
+    pace: &Pace,
+) -> ([u8; 32], u64, bool) {
     let mut sha = Sha::new(&SHA256);
     let mut len = 0u64;
     let complete = match framing {
-        Framing::Length(n) => read_exact_hashed(stream, n, &mut sha, &mut len).await,
+        Framing::Length(n) => read_exact_hashed(stream, n, &mut sha, &mut len, pace).await,
         Framing::Chunked => loop {
             let mut line = Vec::new();
             match read_line(stream, &mut line).await {
@@ -377,7 +456,7 @@ async fn read_body(stream: &mut BufReader<TcpStream>, framing: Framing) -> ([u8;
                 let mut end = Vec::new();
                 break read_line(stream, &mut end).await.is_ok_and(|n| n > 0);
             }
-            if !read_exact_hashed(stream, size, &mut sha, &mut len).await {
+            if !read_exact_hashed(stream, size, &mut sha, &mut len, pace).await {
                 break false;
             }
             let mut crlf = Vec::new();
@@ -395,6 +474,7 @@ async fn read_exact_hashed(
     mut n: u64,
     sha: &mut Sha,
     len: &mut u64,
+    pace: &Pace,
 ) -> bool {
     let mut buf = vec![0u8; CHUNK];
     while n > 0 {
@@ -405,6 +485,7 @@ async fn read_exact_hashed(
                 sha.update(&buf[..got]);
                 *len += got as u64;
                 n -= got as u64;
+                pace.wait(*len).await;
             }
         }
     }

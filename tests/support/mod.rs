@@ -4,6 +4,7 @@
 
 pub mod acs_hmac;
 pub mod faults;
+pub mod h2raw;
 pub mod ids;
 pub mod pki;
 
