@@ -103,6 +103,23 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("encode /metrics, every operation x 6 statuses", |b| {
         b.iter(|| black_box(metrics.encode().expect("encodes")))
     });
+    // The baseline: the same scrape through the prometheus crate's own text encoder.
+    c.bench_function(
+        "encode /metrics with prometheus::TextEncoder (baseline)",
+        |b| {
+            b.iter(|| {
+                let mut buffer = Vec::with_capacity(16 * 1024);
+                let families = metrics.registry().gather();
+                prometheus::Encoder::encode(
+                    &prometheus::TextEncoder::new(),
+                    &families,
+                    &mut buffer,
+                )
+                .expect("encodes");
+                black_box(buffer)
+            })
+        },
+    );
 }
 
 /// What an HMAC-signed request costs on top: hash a 1 KiB JSON body, verify the caller's

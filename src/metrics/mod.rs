@@ -10,6 +10,7 @@
 //! series that have data.
 
 mod layer;
+mod text;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,8 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 use prometheus::core::{Collector, Desc};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
@@ -301,7 +302,7 @@ impl Metrics {
     /// Encodes every family in the Prometheus text format 0.0.4.
     pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut buffer = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        text::encode(&self.registry.gather(), &mut buffer)?;
         Ok(buffer)
     }
 
