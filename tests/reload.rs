@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use acsgate::config::{Config, Settings};
+use acsgate::reload::{ReloadError, ReloadSummary};
 use acsgate::server::Gateway;
 use http::{Method, StatusCode};
 use support::faults::GatewayProcess;
@@ -55,6 +56,45 @@ fn custom_catalogue(routes: &[(&str, &str)]) -> String {
     text
 }
 
+/// A library gateway whose extra catalogue file, in a directory of its own, names
+/// `/custom/alpha` `Alpha`.
+struct Fixture {
+    upstream: Upstream,
+    dir: TempDir,
+    file: PathBuf,
+    gateway: Gateway,
+}
+
+impl Fixture {
+    async fn start(name: &str) -> Fixture {
+        let upstream = Upstream::ok().await;
+        let dir = TempDir::new(name);
+        let file = dir.write(
+            "custom.toml",
+            &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+        );
+        let config = config_with(&upstream, file.clone(), |_| {});
+        let gateway = Gateway::start(&config).await.unwrap();
+        Fixture {
+            upstream,
+            dir,
+            file,
+            gateway,
+        }
+    }
+
+    /// The catalogue file rewritten to `routes`.
+    fn rewrite(&self, routes: &[(&str, &str)]) {
+        self.dir.write("custom.toml", &custom_catalogue(routes));
+    }
+
+    /// Reloads the gateway with the fixture's settings, edited.
+    fn reload(&self, edit: impl FnOnce(&mut Settings)) -> Result<ReloadSummary, ReloadError> {
+        let config = config_with(&self.upstream, self.file.clone(), edit);
+        self.gateway.reload(config)
+    }
+}
+
 fn config_with(
     upstream: &Upstream,
     catalogue: PathBuf,
@@ -83,19 +123,13 @@ fn count(metrics: &support::Metrics, operation: &str) -> f64 {
 
 #[tokio::test]
 async fn a_route_added_and_one_removed_keep_the_other_counts() {
-    let upstream = Upstream::ok().await;
-    let dir = TempDir::new("routes");
-    let file = dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
-    );
-    let config = config_with(&upstream, file.clone(), |_| {});
-    let gateway = Gateway::start(&config).await.unwrap();
+    let fixture = Fixture::start("routes").await;
+    let gateway = &fixture.gateway;
     for _ in 0..3 {
-        assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+        assert_eq!(get(gateway, "/custom/alpha").await, StatusCode::OK);
     }
     assert_eq!(
-        get(&gateway, "/identities/x?api-version=2023-10-01").await,
+        get(gateway, "/identities/x?api-version=2023-10-01").await,
         StatusCode::OK
     );
     let before = scrape(gateway.admin_addr()).await;
@@ -103,19 +137,14 @@ async fn a_route_added_and_one_removed_keep_the_other_counts() {
     let identity = before.sum("acsgate_requests_total", &[("api", "identity")]);
     assert_eq!(identity, 1.0);
 
-    dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/beta", "Beta")]),
-    );
-    let summary = gateway
-        .reload(config_with(&upstream, file, |_| {}))
-        .expect("reload succeeds");
+    fixture.rewrite(&[("/custom/beta", "Beta")]);
+    let summary = fixture.reload(|_| {}).expect("reload succeeds");
     assert_eq!(summary.added, ["custom/Beta"]);
     assert_eq!(summary.removed, ["custom/Alpha"]);
     assert!(summary.needs_restart.is_empty(), "{summary:?}");
 
-    assert_eq!(get(&gateway, "/custom/beta").await, StatusCode::OK);
-    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    assert_eq!(get(gateway, "/custom/beta").await, StatusCode::OK);
+    assert_eq!(get(gateway, "/custom/alpha").await, StatusCode::OK);
     let after = scrape(gateway.admin_addr()).await;
     assert!(
         !after.text.contains("operation=\"Alpha\""),
@@ -140,19 +169,13 @@ async fn a_route_added_and_one_removed_keep_the_other_counts() {
         after.sum("acsgate_config_reloads_total", &[("result", "success")]),
         1.0
     );
-    gateway.shutdown().await;
+    fixture.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
-    let upstream = Upstream::ok().await;
-    let dir = TempDir::new("invalid");
-    let file = dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
-    );
-    let config = config_with(&upstream, file.clone(), |_| {});
-    let gateway = Gateway::start(&config).await.unwrap();
+    let fixture = Fixture::start("invalid").await;
+    let gateway = &fixture.gateway;
     let started = scrape(gateway.admin_addr()).await;
     let stamp = started.sum("acsgate_config_last_reload_success_timestamp_seconds", &[]);
     assert!(
@@ -164,13 +187,13 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
         "[[route]]\napi = \"custom\"\noperation = \"X\"\nmethod = \"GET\"\npath = \"/custom/{unclosed\"\n",
         "this is not toml",
     ] {
-        dir.write("custom.toml", broken);
-        let error = gateway
-            .reload(config_with(&upstream, file.clone(), |_| {}))
+        fixture.dir.write("custom.toml", broken);
+        let error = fixture
+            .reload(|_| {})
             .expect_err("an invalid catalogue is refused");
         assert!(error.to_string().contains("custom.toml"), "{error}");
     }
-    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
+    assert_eq!(get(gateway, "/custom/alpha").await, StatusCode::OK);
     let metrics = scrape(gateway.admin_addr()).await;
     assert_eq!(
         count(&metrics, "Alpha"),
@@ -190,52 +213,38 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
         stamp,
         "a failed reload does not move the success stamp"
     );
-    gateway.shutdown().await;
+    fixture.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn listener_changes_need_a_restart_and_the_old_listener_stays() {
-    let upstream = Upstream::ok().await;
-    let dir = TempDir::new("listen");
-    let file = dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
-    );
-    let gateway = Gateway::start(&config_with(&upstream, file.clone(), |_| {}))
-        .await
-        .unwrap();
-    let summary = gateway
-        .reload(config_with(&upstream, file, |s| {
+    let fixture = Fixture::start("listen").await;
+    let gateway = &fixture.gateway;
+    let summary = fixture
+        .reload(|s| {
             s.listen = Some("127.0.0.1:1".parse().unwrap());
             s.max_connections = Some(7);
             s.response_timeout = Some(Duration::from_secs(3));
-        }))
+        })
         .expect("the rest of the reload applies");
     assert_eq!(summary.needs_restart, ["listen", "max_connections"]);
-    assert_eq!(get(&gateway, "/custom/alpha").await, StatusCode::OK);
-    gateway.shutdown().await;
+    assert_eq!(get(gateway, "/custom/alpha").await, StatusCode::OK);
+    fixture.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn buckets_and_labels_change_on_reload() {
-    let upstream = Upstream::ok().await;
-    let dir = TempDir::new("buckets");
-    let file = dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
-    );
-    let gateway = Gateway::start(&config_with(&upstream, file.clone(), |_| {}))
-        .await
-        .unwrap();
-    get(&gateway, "/custom/alpha").await;
-    gateway
-        .reload(config_with(&upstream, file, |s| {
+    let fixture = Fixture::start("buckets").await;
+    let gateway = &fixture.gateway;
+    get(gateway, "/custom/alpha").await;
+    fixture
+        .reload(|s| {
             s.buckets = Some(vec![0.5, 2.0]);
             s.metrics_duration_operation = Some(false);
             s.metrics_status_code = Some(false);
-        }))
+        })
         .expect("reload succeeds");
-    get(&gateway, "/custom/alpha").await;
+    get(gateway, "/custom/alpha").await;
     let metrics = scrape(gateway.admin_addr()).await;
     let buckets: Vec<_> = metrics
         .samples
@@ -265,7 +274,7 @@ async fn buckets_and_labels_change_on_reload() {
     }
     // Re-labelled families start over: only the request after the reload is in them.
     assert_eq!(count(&metrics, "Alpha"), 1.0);
-    gateway.shutdown().await;
+    fixture.gateway.shutdown().await;
 }
 
 /// The binary with a config file: a catalogue edit reloads it without a signal, SIGHUP reloads
