@@ -178,7 +178,7 @@ async fn g1_every_request_is_counted_exactly_once_under_random_faults() {
         })
         .collect();
 
-    const WORKERS: usize = 64;
+    const WORKERS: usize = 128;
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..WORKERS {
         let plans = Arc::clone(&plans);
