@@ -8,7 +8,11 @@ use clap::Parser;
 use acsgate::catalogue::Catalogue;
 use acsgate::cli::{Cli, Command, LogFormat};
 use acsgate::config::{Config, DEFAULT_ADMIN, DEFAULT_LOG_LEVEL, Settings};
+use acsgate::reload::ReloadHook;
 use acsgate::server::Gateway;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{Registry, reload};
 
 // Every request allocates (header maps, buffers, futures) and frees on the same thread soon
 // after; mimalloc's thread-local free lists make that cheaper than glibc's malloc
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The settings are merged again (and their errors reported) once logging is up.
     let log_level = cli.merged_settings().ok().and_then(|s| s.log_level);
-    init_logging(cli.log_format, log_level.as_deref());
+    let log_filter = init_logging(cli.log_format, log_level.as_deref());
     let mut builder = match cli.worker_threads {
         // One worker: the current-thread scheduler runs every task on this thread, without the
         // work-stealing scheduler's cross-thread wake-ups (measured: README "Performance").
@@ -37,20 +41,23 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, log_filter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(message),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli, log_filter: Option<LogFilter>) -> Result<(), String> {
     let settings = cli.merged_settings().map_err(|e| e.to_string())?;
     let reload_source = cli.config_source();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let config = Config::from_settings(settings).map_err(|e| e.to_string())?;
             let gateway = Gateway::start(&config).await.map_err(|e| e.to_string())?;
-            gateway.watch_config(reload_source, cli.config);
+            let apply_log_level = log_filter.map(|filter| -> ReloadHook {
+                Arc::new(move |config: &Config| filter.apply(&config.log_level))
+            });
+            gateway.watch_config(reload_source, cli.config, apply_log_level);
             gateway.run_until_signal().await;
             Ok(())
         }
@@ -98,23 +105,41 @@ fn load_catalogue(settings: &Settings) -> Result<Arc<Catalogue>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The log filter, when `log_level` (not `RUST_LOG`) sets it: a reload can change it.
+struct LogFilter(reload::Handle<Targets, Registry>);
+
+impl LogFilter {
+    /// Applies new `log_level` directives (already validated with the configuration).
+    fn apply(&self, directives: &str) {
+        if let Ok(filter) = directives.parse::<Targets>()
+            && self.0.reload(filter).is_ok()
+        {
+            tracing::debug!(log_level = directives, "log level applied");
+        }
+    }
+}
+
 /// Logs go to stderr. The level is `RUST_LOG` when set, else `log_level` from the flags,
 /// environment or config file, else [`DEFAULT_LOG_LEVEL`]; both take `level` or
 /// `target=level,…`. An invalid `RUST_LOG` is reported and ignored (an invalid `log_level` is
-/// a config error, reported once the settings are validated).
-fn init_logging(format: LogFormat, log_level: Option<&str>) {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
+/// a config error, reported once the settings are validated). Returns the handle that
+/// reloads apply `log_level` through, unless `RUST_LOG` is in charge.
+fn init_logging(format: LogFormat, log_level: Option<&str>) -> Option<LogFilter> {
     let parse = |text: &str| text.parse::<Targets>();
     let default = || parse(DEFAULT_LOG_LEVEL).expect("valid default");
     let configured = log_level.and_then(|text| parse(text).ok());
-    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+    let (filter, from_rust_log, bad_filter) = match std::env::var("RUST_LOG") {
         Ok(text) => match parse(&text) {
-            Ok(filter) => (filter, None),
-            Err(error) => (configured.unwrap_or_else(default), Some((text, error))),
+            Ok(filter) => (filter, true, None),
+            Err(error) => (
+                configured.unwrap_or_else(default),
+                false,
+                Some((text, error)),
+            ),
         },
-        Err(_) => (configured.unwrap_or_else(default), None),
+        Err(_) => (configured.unwrap_or_else(default), false, None),
     };
+    let (filter, handle) = reload::Layer::new(filter);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -124,6 +149,7 @@ fn init_logging(format: LogFormat, log_level: Option<&str>) {
     if let Some((text, error)) = bad_filter {
         tracing::warn!(%error, "ignoring RUST_LOG={text:?}");
     }
+    (!from_rust_log).then_some(LogFilter(handle))
 }
 
 fn fail(message: String) -> ExitCode {

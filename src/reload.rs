@@ -14,7 +14,7 @@
 //! serving. Counters and histograms of operations that still exist keep their values (the
 //! new handles are bound by name to the same series); series of removed operations are
 //! removed; new operations start from zero. What is tied to a socket (listener addresses,
-//! TLS files, connection limits and timeouts, the events listener, the access log's format, the log level) needs a restart: a
+//! TLS files, connection limits and timeouts, the events listener, the access log's format) needs a restart: a
 //! reload that changes it says so in the log and keeps the running value.
 
 use std::collections::HashSet;
@@ -46,6 +46,10 @@ use crate::proxy::client::{self, ClientError, UpstreamClient};
 /// Where a reload reads the configuration from (the binary: flags, environment and the
 /// config file, merged and validated as at start-up).
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Called with the new configuration after each successful reload, for what lives outside
+/// the gateway (the binary applies `log_level` to its log filter).
+pub type ReloadHook = Arc<dyn Fn(&Config) + Send + Sync>;
 
 /// After a file event, how long to wait for the writer to finish before reading.
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -359,7 +363,6 @@ fn keep_socket_settings(running: &Config, next: &mut Config) -> Vec<&'static str
         "header_read_timeout" => header_read_timeout,
         "drain_timeout" => drain_timeout,
         "access_log/log_raw_path" => access_log,
-        "log_level" => log_level,
     }
     changed
 }
@@ -372,6 +375,7 @@ pub async fn watch(
     reloader: Arc<dyn Reload>,
     source: ConfigSource,
     config_file: Option<PathBuf>,
+    on_reload: Option<ReloadHook>,
     stop: CancellationToken,
 ) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -406,6 +410,9 @@ pub async fn watch(
         };
         match reloader.reload(source()) {
             Ok(summary) => {
+                if let Some(hook) = &on_reload {
+                    hook(&reloader.config());
+                }
                 for key in &summary.needs_restart {
                     tracing::warn!(
                         key,

@@ -56,7 +56,8 @@ use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::Forward;
 use crate::proxy::client::ClientError;
 use crate::reload::{
-    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadSummary, Reloader, Reloading, Shared,
+    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadHook, ReloadSummary, Reloader,
+    Reloading, Shared,
 };
 use crate::tls::{TlsAccept, TlsError};
 use crate::write_stall::WriteStall;
@@ -226,12 +227,19 @@ impl Gateway {
     }
 
     /// Reloads from `source` on `SIGHUP` and whenever `config_file`, a catalogue file or the
-    /// extra CA file changes, until the gateway drains.
-    pub fn watch_config(&self, source: ConfigSource, config_file: Option<PathBuf>) {
+    /// extra CA file changes, until the gateway drains; `on_reload` then sees each new
+    /// configuration.
+    pub fn watch_config(
+        &self,
+        source: ConfigSource,
+        config_file: Option<PathBuf>,
+        on_reload: Option<ReloadHook>,
+    ) {
         tokio::spawn(reload::watch(
             Arc::clone(&self.reloader),
             source,
             config_file,
+            on_reload,
             self.stop_watching.clone(),
         ));
     }

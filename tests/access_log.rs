@@ -35,8 +35,13 @@ impl Logged {
     async fn start(upstream: &FaultUpstream, env: &[(&str, &str)]) -> Logged {
         let stdout = TempFile::new("");
         let file = std::fs::File::create(&stdout.0).unwrap();
-        let gateway =
-            GatewayProcess::start_with_stdout(&upstream.url(), env, Stdio::from(file)).await;
+        let gateway = GatewayProcess::start_with_output(
+            &upstream.url(),
+            env,
+            Stdio::from(file),
+            Stdio::null(),
+        )
+        .await;
         Logged { gateway, stdout }
     }
 

@@ -397,3 +397,37 @@ async fn the_binary_reloads_under_load_without_losing_a_request() {
     let metrics = scrape_until(gateway.admin, |m| count(m, "V5") >= 1.0).await;
     assert_eq!(count(&metrics, "V5"), 1.0, "{}", metrics.text);
 }
+
+/// `log_level` from the config file applies at start-up and changes on reload, no restart.
+#[tokio::test]
+async fn the_log_level_changes_on_reload() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("log-level");
+    let config = dir.write("acsgate.toml", "log_level = \"warn\"\n");
+    let log = dir.0.join("stderr.log");
+    let gateway = GatewayProcess::start_with_output(
+        &upstream.url(),
+        &[("ACSGATE_CONFIG", config.to_str().unwrap())],
+        std::process::Stdio::null(),
+        std::fs::File::create(&log).unwrap().into(),
+    )
+    .await;
+    let logged = || std::fs::read_to_string(&log).unwrap();
+
+    dir.write("acsgate.toml", "log_level = \"info\"\n");
+    scrape_until(gateway.admin, |m| {
+        m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= 1.0
+    })
+    .await;
+    // The reload's own info line is written after the new level applies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !logged().contains("configuration reloaded") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logged());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !logged().contains("acsgate serving"),
+        "warn at start-up: {}",
+        logged()
+    );
+}

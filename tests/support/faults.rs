@@ -636,14 +636,16 @@ impl GatewayProcess {
     /// Starts the binary in front of `upstream` with extra `ACSGATE_*` variables, and waits
     /// until its admin port answers.
     pub async fn start(upstream: &str, env: &[(&str, &str)]) -> GatewayProcess {
-        GatewayProcess::start_with_stdout(upstream, env, Stdio::null()).await
+        GatewayProcess::start_with_output(upstream, env, Stdio::null(), Stdio::null()).await
     }
 
-    /// [`GatewayProcess::start`], with the child's stdout (the access log) going to `stdout`.
-    pub async fn start_with_stdout(
+    /// [`GatewayProcess::start`], with the child's stdout (the access log) and stderr (the
+    /// diagnostic log) going where the test says.
+    pub async fn start_with_output(
         upstream: &str,
         env: &[(&str, &str)],
         stdout: Stdio,
+        stderr: Stdio,
     ) -> GatewayProcess {
         let (proxy, admin) = (refused_addr(), refused_addr());
         let mut command = Command::new(env!("CARGO_BIN_EXE_acsgate"));
@@ -653,7 +655,7 @@ impl GatewayProcess {
             .env("ACSGATE_ADMIN", admin.to_string())
             .env_remove("RUST_LOG")
             .stdout(stdout)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
         for (k, v) in env {
             command.env(k, v);
