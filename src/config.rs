@@ -15,6 +15,7 @@ use http::uri::Scheme;
 use crate::access::{AccessLogConfig, AccessLogFormat};
 use crate::auth::{AuthConfig, CallerAuth, KeySource, Secret};
 use crate::body_rate::{BodyRate, RATE_GRACE};
+use crate::breaker::BreakerConfig;
 use crate::events::{DEFAULT_BODY_LIMIT, EventsConfig};
 use crate::metrics::{DEFAULT_BUCKETS, HISTOGRAMS, MetricsOptions};
 use crate::proxy::client::ClientSettings;
@@ -207,6 +208,16 @@ pub struct Settings {
     /// Log level or `target=level,…` directives, e.g. `info` or `acsgate=debug,hyper=warn`; `RUST_LOG` wins [default: info]
     #[arg(long, env = "ACSGATE_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
+
+    // --- circuit breaker ---
+    /// Upstream connect failures in a row that open the circuit breaker (503 `circuit_open` at once until the cooldown ends); 0 is off [default: 0]
+    #[arg(long, env = "ACSGATE_CIRCUIT_BREAKER_FAILURES", global = true)]
+    pub circuit_breaker_failures: Option<u32>,
+
+    /// How long an open circuit fails fast before a probe request may try the upstream [default: 5s]
+    #[arg(long, env = "ACSGATE_CIRCUIT_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "humantime_serde")]
+    pub circuit_breaker_cooldown: Option<Duration>,
 }
 
 impl Settings {
@@ -278,6 +289,13 @@ impl Settings {
             log_raw_path: self.log_raw_path.or(lower.log_raw_path),
             // --- log level ---
             log_level: self.log_level.or(lower.log_level),
+            // --- circuit breaker ---
+            circuit_breaker_failures: self
+                .circuit_breaker_failures
+                .or(lower.circuit_breaker_failures),
+            circuit_breaker_cooldown: self
+                .circuit_breaker_cooldown
+                .or(lower.circuit_breaker_cooldown),
         }
     }
 }
@@ -372,6 +390,9 @@ pub struct Config {
     // --- log level ---
     /// Log directives (`RUST_LOG` syntax), validated.
     pub log_level: String,
+    // --- circuit breaker ---
+    /// When the upstream circuit opens and for how long.
+    pub breaker: BreakerConfig,
 }
 
 /// Limits that protect the gateway (and the app it serves) from clients.
@@ -543,6 +564,14 @@ impl Config {
                 raw_path: settings.log_raw_path.unwrap_or(false),
             },
             log_level: log_level(settings.log_level)?,
+            breaker: BreakerConfig {
+                failures: settings.circuit_breaker_failures.unwrap_or(0),
+                cooldown: positive(
+                    "circuit_breaker_cooldown",
+                    settings.circuit_breaker_cooldown,
+                    Duration::from_secs(5),
+                )?,
+            },
         })
     }
 }

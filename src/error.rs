@@ -52,11 +52,14 @@ pub enum ErrorKind {
     TooLarge,
     /// A bug in the gateway (a panic while handling the request).
     Internal,
+    /// The upstream failed to connect too many times in a row: the circuit breaker answers
+    /// 503 at once, without dialling, until its cooldown ends.
+    CircuitOpen,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::Timeout,
@@ -73,6 +76,7 @@ impl ErrorKind {
         ErrorKind::Auth,
         ErrorKind::TooLarge,
         ErrorKind::Internal,
+        ErrorKind::CircuitOpen,
     ];
 
     /// The label value.
@@ -94,6 +98,7 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Internal => "internal",
+            ErrorKind::CircuitOpen => "circuit_open",
         }
     }
 
@@ -107,7 +112,9 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRoute => StatusCode::NOT_FOUND,
-            ErrorKind::Overloaded | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded | ErrorKind::Draining | ErrorKind::CircuitOpen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ClientAbort => StatusCode::from_u16(499).expect("499 is a valid status"),
@@ -235,6 +242,7 @@ impl ErrorKind {
             ErrorKind::Auth => "acsgate: caller signature missing or invalid\n",
             ErrorKind::TooLarge => "acsgate: signed request body too large\n",
             ErrorKind::Internal => "acsgate: internal error\n",
+            ErrorKind::CircuitOpen => "acsgate: upstream unreachable, failing fast\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

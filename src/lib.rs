@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod body_rate;
+pub mod breaker;
 pub mod catalogue;
 pub mod classify;
 pub mod cli;

@@ -36,6 +36,7 @@ use crate::access::AccessLog;
 use crate::admission::AdmissionLayer;
 use crate::auth::SignLayer;
 use crate::body_rate::BodyRateLayer;
+use crate::breaker::BreakerLayer;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::ClassifyLayer;
 use crate::config::Config;
@@ -102,6 +103,7 @@ pub(crate) struct Pipeline<B> {
     pub(crate) admission: AdmissionLayer,
     pub(crate) body_rate: BodyRateLayer,
     pub(crate) sign: SignLayer,
+    pub(crate) breaker: BreakerLayer,
     pub(crate) forward: Forward<B>,
 }
 
@@ -143,6 +145,11 @@ where
                 shared.drain_expired.clone(),
             ),
         };
+        let breaker = match previous {
+            // The circuit's state (an outage in progress) outlives a reload that keeps it.
+            Some(old) if old.config.breaker == config.breaker => old.breaker.clone(),
+            _ => BreakerLayer::new(config.breaker),
+        };
         let table = Arc::new(metrics.bind(&catalogue));
         let forward = Forward::new(
             client.clone(),
@@ -162,6 +169,7 @@ where
             admission,
             body_rate: BodyRateLayer::new(limits.body_rate),
             sign: SignLayer::new(&config.auth, &config.upstream),
+            breaker,
             forward,
             client,
             table,

@@ -47,6 +47,7 @@ use crate::admin::Admin;
 use crate::admission::Admission;
 use crate::auth::Sign;
 use crate::body_rate::RateService;
+use crate::breaker::Breaker;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::{Classify, PeekBody, PeekBodyLayer};
 use crate::config::{Config, Limits};
@@ -282,7 +283,8 @@ impl Gateway {
 }
 
 /// The proxy's layers, outermost first; see the [module docs](self).
-type RequestStack<B> = Classify<Record<Admission<RateService<Sign<PeekBody<Forward<B>>>>>>>;
+type RequestStack<B> =
+    Classify<Record<Admission<RateService<Sign<PeekBody<Breaker<Forward<B>>>>>>>>;
 
 /// Builds the [`RequestStack`] from the pipeline current when a request arrives.
 fn request_stack<B>(pipeline: &Pipeline<B>, peer: SocketAddr) -> RequestStack<B> {
@@ -293,6 +295,7 @@ fn request_stack<B>(pipeline: &Pipeline<B>, peer: SocketAddr) -> RequestStack<B>
         .layer(pipeline.body_rate)
         .layer(pipeline.sign.clone())
         .layer(PeekBodyLayer)
+        .layer(pipeline.breaker.clone())
         .service(pipeline.forward.for_peer(peer))
 }
 
