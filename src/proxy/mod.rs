@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -93,7 +93,8 @@ pub struct ForwardTimeouts {
 pub struct Forward<B> {
     client: UpstreamClient<B>,
     shared: Arc<ForwardShared>,
-    peer: Option<SocketAddr>,
+    /// The client's `X-Forwarded-For` entry, made once per connection.
+    peer_ip: Option<HeaderValue>,
 }
 
 struct ForwardShared {
@@ -109,7 +110,7 @@ impl<B> Clone for Forward<B> {
         Forward {
             client: self.client.clone(),
             shared: Arc::clone(&self.shared),
-            peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
         }
     }
 }
@@ -133,14 +134,14 @@ impl<B> Forward<B> {
                 catalogue,
                 inbound_proto,
             }),
-            peer: None,
+            peer_ip: None,
         }
     }
 
     /// The same forwarder for requests from the client at `peer` (for `X-Forwarded-For`).
     pub fn for_peer(&self, peer: SocketAddr) -> Self {
         Forward {
-            peer: Some(peer),
+            peer_ip: Some(headers::peer_ip(peer)),
             ..self.clone()
         }
     }
@@ -191,7 +192,7 @@ where
         parts.headers.remove(http::header::HOST);
         headers::add_forwarded(
             &mut parts.headers,
-            self.peer,
+            self.peer_ip.as_ref(),
             shared.inbound_proto,
             client_host,
         );
