@@ -224,9 +224,10 @@ async fn reap_idle<B: Send + 'static>(inner: Weak<Inner<B>>) {
             return;
         };
         let now = Instant::now();
+        // Closed, or idle (ready, not streaming a body) for the whole timeout: gone.
         lock(&inner.h1).retain(|c| {
-            !c.sender.is_closed()
-                && !(c.sender.is_ready() && now - c.returned >= inner.idle_timeout)
+            let idle_too_long = c.sender.is_ready() && now - c.returned >= inner.idle_timeout;
+            !(c.sender.is_closed() || idle_too_long)
         });
     }
 }
