@@ -88,6 +88,19 @@ async fn an_idle_connection_is_closed_after_the_pool_idle_timeout() {
     assert_eq!(upstream.accepted(), 2);
 }
 
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_not_reused() {
+    let close = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_vec();
+    let upstream = FaultUpstream::fixed(Fault::Raw(close)).await;
+    let gw = gateway(settings(&upstream.url())).await;
+    let client = h1_client();
+    for _ in 0..5 {
+        let (response, _) = send(&client, request(Method::POST, gw.proxy_addr(), SMS, "{}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(upstream.accepted(), 5, "one fresh connection per request");
+}
+
 /// Runs `n` futures made by `make` at once and collects their outputs.
 async fn futures_burst<F, Fut>(n: usize, make: F) -> Vec<Fut::Output>
 where

@@ -247,8 +247,11 @@ where
         let target = target.clone();
         Box::pin(async move {
             let mut request = request;
+            // After a refused send the retry connects afresh, so it happens at most once.
+            let mut fresh = false;
             loop {
-                let (taken, reused) = match inner.take() {
+                let pooled = if fresh { None } else { inner.take() };
+                let (taken, reused) = match pooled {
                     Some(taken) => (taken, true),
                     None => (inner.connect(&target).await?, false),
                 };
@@ -282,6 +285,7 @@ where
                     Some(unsent) if reused => {
                         tracing::trace!(error = %error.error(), "unsent request, retrying");
                         request = unsent;
+                        fresh = true;
                     }
                     _ => return Err(SendError::Send(error.into_error())),
                 }
