@@ -154,8 +154,8 @@ async fn a4_reset_after_a_post_gives_502_and_is_never_retried() {
 #[tokio::test]
 async fn a4_a_pooled_connection_dying_under_a_post_is_not_retried() {
     // The first request leaves a pooled keep-alive connection; the second POST goes out on
-    // it and the upstream closes it after reading the head. hyper-util retries only requests
-    // that were never written (`retry_canceled_requests`), so this one must not be resent.
+    // it and the upstream closes it after reading the head. The pool retries only requests
+    // that were never written, so this one must not be resent.
     let upstream = FaultUpstream::start(|r| {
         if r.target.starts_with("/identities") {
             Fault::ok()

@@ -1,22 +1,42 @@
-//! The pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, or plain HTTP.
+//! The upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, or plain HTTP, with a
+//! small pool of its own on hyper's connection API.
+//!
+//! What it does to a request: takes a ready pooled connection (the shared HTTP/2 one, or the
+//! most recently used idle HTTP/1.1 one) or connects a new one, sets `Host` for HTTP/1.1 and
+//! sends the request in origin form. A request that a reused connection refused before writing
+//! any of it (the upstream had just closed it) is sent again on a fresh connection; a request
+//! that was written is never resent. What it does to a response: nothing; the connection goes
+//! back to the pool when the response head arrives and serves again once its body is read.
+//!
+//! Compared with hyper-util's pooled client it skips the pool-key hashing, the checkout/connect
+//! race, the `Host` formatting and URI rewriting per request, and the task it spawns per
+//! request to wait for the connection to become idle again (README "Performance").
 
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::error::ErrorKind;
 
 /// The connector behind every upstream connection.
 pub type Connector = HttpsConnector<HttpConnector>;
 
-/// The upstream client for request bodies of type `B`.
-pub type UpstreamClient<B> = Client<Connector, B>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +54,31 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP, TLS, connect timeout).
+    #[error("connecting to the upstream: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or its response head awaited.
+    #[error("upstream request: {0}")]
+    Send(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// The bounded kind of this failure. A connection that could not be made is `Connect`
+    /// unless its cause says more (TLS, timeout), as a reset there is no reset of a request.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SendError::Connect(cause) => match ErrorKind::classify(cause.as_ref()) {
+                ErrorKind::Reset => ErrorKind::Connect,
+                kind => kind,
+            },
+            SendError::Send(error) => ErrorKind::classify(error),
+        }
+    }
+}
+
 /// Connection settings of the upstream client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSettings {
@@ -43,6 +88,88 @@ pub struct ClientSettings {
     pub pool_idle_timeout: Duration,
     /// PEM file with extra trust anchors, added to the platform and Mozilla roots.
     pub extra_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Where one client's requests go, prepared once: the base URI connections are made to and
+/// the `Host` value of HTTP/1.1 requests.
+#[derive(Clone, Debug)]
+pub struct Target {
+    base: Uri,
+    host: HeaderValue,
+}
+
+impl Target {
+    /// The target `scheme://authority`; `Host` leaves out the scheme's default port.
+    pub fn new(scheme: Scheme, authority: Authority) -> Target {
+        let default_port = match scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        let host = if authority.port_u16().is_some() && authority.port_u16() == default_port {
+            authority.host()
+        } else {
+            authority.as_str()
+        };
+        let host = HeaderValue::from_str(host).expect("an authority is a valid header value");
+        let base = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .expect("a scheme and an authority make a URI");
+        Target { base, host }
+    }
+
+    /// The absolute URI of `path_and_query` at this target (HTTP/2 needs scheme and authority).
+    fn absolute(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = path_and_query.cloned();
+        Ok(Uri::from_parts(parts)?)
+    }
+}
+
+/// Response future of [`UpstreamClient::request`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send + 'static>>;
+
+/// The pooled upstream client for request bodies of type `B`; clones share the pool.
+pub struct UpstreamClient<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        UpstreamClient {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<B> {
+    connector: Connector,
+    /// The shared HTTP/2 connection, when the upstream negotiated h2.
+    h2: Mutex<Option<http2::SendRequest<B>>>,
+    /// HTTP/1.1 connections, busy (a response body still streaming) or idle; the most
+    /// recently returned last.
+    h1: Mutex<Vec<Pooled<B>>>,
+    idle_timeout: Duration,
+}
+
+struct Pooled<B> {
+    sender: http1::SendRequest<B>,
+    returned: Instant,
+}
+
+/// A connection taken for one request.
+enum Taken<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The pool holds no invariant a panic could break half-way.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Builds the pooled client. TLS certificate verification is always on.
@@ -70,11 +197,173 @@ where
         .enable_http2()
         .wrap_connector(http);
 
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .build(connector))
+    let inner = Arc::new(Inner {
+        connector,
+        h2: Mutex::new(None),
+        h1: Mutex::new(Vec::new()),
+        idle_timeout: settings.pool_idle_timeout,
+    });
+    // Outside a runtime (a config check) there is nothing to reap.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(reap_idle(Arc::downgrade(&inner)));
+    }
+    Ok(UpstreamClient { inner })
+}
+
+/// Closes HTTP/1.1 connections idle longer than the pool idle timeout, until the client goes.
+async fn reap_idle<B: Send + 'static>(inner: Weak<Inner<B>>) {
+    let Some(period) = inner
+        .upgrade()
+        .map(|i| (i.idle_timeout / 2).max(MIN_REAP_PERIOD))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        // Closed, or idle (ready, not streaming a body) for the whole timeout: gone.
+        lock(&inner.h1).retain(|c| {
+            let idle_too_long = c.sender.is_ready() && now - c.returned >= inner.idle_timeout;
+            !(c.sender.is_closed() || idle_too_long)
+        });
+    }
+}
+
+/// Reaping more often than this would cost more than the sockets it frees.
+const MIN_REAP_PERIOD: Duration = Duration::from_millis(50);
+
+impl<B> UpstreamClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Sends `request` (its URI: path and query only) to `target`.
+    pub fn request(&self, request: Request<B>, target: &Target) -> ResponseFuture {
+        let inner = Arc::clone(&self.inner);
+        let target = target.clone();
+        Box::pin(async move {
+            let mut request = request;
+            // After a refused send the retry connects afresh, so it happens at most once.
+            let mut fresh = false;
+            loop {
+                let pooled = if fresh { None } else { inner.take() };
+                let (taken, reused) = match pooled {
+                    Some(taken) => (taken, true),
+                    None => (inner.connect(&target).await?, false),
+                };
+                let error = match taken {
+                    Taken::H2(mut sender) => {
+                        let uri = target
+                            .absolute(request.uri().path_and_query())
+                            .map_err(|e| SendError::Connect(e.into()))?;
+                        *request.uri_mut() = uri;
+                        match sender.try_send_request(request).await {
+                            Ok(response) => return Ok(response),
+                            Err(error) => error,
+                        }
+                    }
+                    Taken::H1(mut sender) => {
+                        request
+                            .headers_mut()
+                            .insert(http::header::HOST, target.host.clone());
+                        match sender.try_send_request(request).await {
+                            Ok(response) => {
+                                inner.give_back(sender);
+                                return Ok(response);
+                            }
+                            Err(error) => error,
+                        }
+                    }
+                };
+                // Only a request the connection gave back untouched may go out again.
+                let mut error = error;
+                match error.take_message() {
+                    Some(unsent) if reused => {
+                        tracing::trace!(error = %error.error(), "unsent request, retrying");
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => return Err(SendError::Send(error.into_error())),
+                }
+            }
+        })
+    }
+}
+
+impl<B> Inner<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A ready pooled connection, dropping closed ones on the way.
+    fn take(&self) -> Option<Taken<B>> {
+        {
+            let mut h2 = lock(&self.h2);
+            match h2.as_ref() {
+                Some(sender) if sender.is_closed() => *h2 = None,
+                Some(sender) => return Some(Taken::H2(sender.clone())),
+                None => {}
+            }
+        }
+        let mut h1 = lock(&self.h1);
+        // Newest first: the most recently returned connection is the likeliest to be idle.
+        let mut i = h1.len();
+        while i > 0 {
+            i -= 1;
+            if h1[i].sender.is_closed() {
+                h1.swap_remove(i);
+            } else if h1[i].sender.is_ready() {
+                return Some(Taken::H1(h1.swap_remove(i).sender));
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<B>) {
+        lock(&self.h1).push(Pooled {
+            sender,
+            returned: Instant::now(),
+        });
+    }
+
+    /// A new connection to `target`: HTTP/2 if TLS negotiated it (then shared), else HTTP/1.1.
+    async fn connect(&self, target: &Target) -> Result<Taken<B>, SendError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector
+            .call(target.base.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(SendError::Send)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream h2 connection ended");
+                }
+            });
+            *lock(&self.h2) = Some(sender.clone());
+            Ok(Taken::H2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io).await.map_err(SendError::Send)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream connection ended");
+                }
+            });
+            Ok(Taken::H1(sender))
+        }
+    }
 }
 
 /// Platform roots, Mozilla's roots (for bare containers with no CA bundle), and the extra CA.

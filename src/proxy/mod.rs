@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -40,7 +40,7 @@ use tower_http::timeout::TimeoutBody;
 
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::ErrorKind;
-use client::UpstreamClient;
+use client::{Target, UpstreamClient};
 use location::ClientOrigin;
 
 /// The body of every response the gateway sends: the upstream's, or the gateway's own.
@@ -53,20 +53,6 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// Host and port of the ACS endpoint.
     pub authority: Authority,
-}
-
-impl Upstream {
-    fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(
-                path_and_query
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            )
-            .build()
-    }
 }
 
 /// What to do with requests the catalogue does not know.
@@ -93,11 +79,13 @@ pub struct ForwardTimeouts {
 pub struct Forward<B> {
     client: UpstreamClient<B>,
     shared: Arc<ForwardShared>,
-    peer: Option<SocketAddr>,
+    /// The client's `X-Forwarded-For` entry, made once per connection.
+    peer_ip: Option<HeaderValue>,
 }
 
 struct ForwardShared {
     upstream: Upstream,
+    target: Target,
     timeouts: ForwardTimeouts,
     bad_route: BadRoutePolicy,
     catalogue: Arc<Catalogue>,
@@ -109,7 +97,7 @@ impl<B> Clone for Forward<B> {
         Forward {
             client: self.client.clone(),
             shared: Arc::clone(&self.shared),
-            peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
         }
     }
 }
@@ -127,20 +115,21 @@ impl<B> Forward<B> {
         Forward {
             client,
             shared: Arc::new(ForwardShared {
+                target: Target::new(upstream.scheme.clone(), upstream.authority.clone()),
                 upstream,
                 timeouts,
                 bad_route,
                 catalogue,
                 inbound_proto,
             }),
-            peer: None,
+            peer_ip: None,
         }
     }
 
     /// The same forwarder for requests from the client at `peer` (for `X-Forwarded-For`).
     pub fn for_peer(&self, peer: SocketAddr) -> Self {
         Forward {
-            peer: Some(peer),
+            peer_ip: Some(headers::peer_ip(peer)),
             ..self.clone()
         }
     }
@@ -170,7 +159,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The pooled client queues internally; it is always ready.
+        // The pool connects when it has no idle connection; it is always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -187,23 +176,29 @@ where
         });
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::remove_underscored(&mut parts.headers);
-        // The client sets Host from the URI: the upstream's authority, as TLS SNI needs.
+        // The client sets Host to the upstream's authority, as TLS SNI needs.
         parts.headers.remove(http::header::HOST);
         headers::add_forwarded(
             &mut parts.headers,
-            self.peer,
+            self.peer_ip.as_ref(),
             shared.inbound_proto,
             client_host,
         );
-        parts.uri = match shared.upstream.uri(parts.uri.path_and_query()) {
-            Ok(uri) => uri,
-            Err(_) => return ForwardFuture::gateway(ErrorKind::Protocol),
-        };
+        // Only the client's path and query go on: the client aims them at the upstream.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         // The pooled connection decides h1 or h2; an h2 client's request goes out as either.
         parts.version = Version::HTTP_11;
         // Extensions are this gateway's bookkeeping, not the upstream's business.
         parts.extensions.clear();
-        let response = self.client.request(Request::from_parts(parts, body));
+        let response = self
+            .client
+            .request(Request::from_parts(parts, body), &shared.target);
         ForwardFuture {
             state: ForwardState::Upstream {
                 response: tokio::time::timeout(shared.timeouts.response, response),
@@ -231,7 +226,7 @@ pin_project! {
         // Waiting for the upstream's response head, within the response timeout.
         Upstream {
             #[pin]
-            response: Timeout<hyper_util::client::legacy::ResponseFuture>,
+            response: Timeout<client::ResponseFuture>,
             body_idle: Duration,
             origin: Option<ClientOrigin>,
             shared: Arc<ForwardShared>,
@@ -266,7 +261,7 @@ impl Future for ForwardFuture {
                 let response = match ready!(response.poll(cx)) {
                     Ok(Ok(response)) => response,
                     Ok(Err(error)) => {
-                        let kind = ErrorKind::classify(&error);
+                        let kind = error.kind();
                         tracing::debug!(kind = kind.as_str(), error = %error, "upstream request failed");
                         return Poll::Ready(Ok(kind.response().map(Either::Right)));
                     }
