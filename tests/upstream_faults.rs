@@ -99,6 +99,58 @@ async fn a1_refused_connections_give_502_connect_counted_once_each() {
     assert_eq!(errors(&m, "connect"), 20.0);
 }
 
+/// A12: with the breaker on, connect failures in a row open the circuit: 503 `circuit_open`
+/// with `Retry-After`, counted as gateway errors and never dialled, until the cooldown ends;
+/// then a probe that reaches the restored upstream closes it again.
+#[tokio::test]
+async fn a12_the_circuit_breaker_fails_fast_while_the_upstream_is_down_and_recovers() {
+    let addr = refused_addr();
+    let mut s = settings(&format!("http://{addr}"));
+    s.circuit_breaker_failures = Some(3);
+    s.circuit_breaker_cooldown = Some(Duration::from_millis(500));
+    let gw = gateway(s).await;
+    let client = h1_client();
+    let sms = || {
+        request(
+            Method::POST,
+            gw.proxy_addr(),
+            "/sms?api-version=2021-03-07",
+            "{}",
+        )
+    };
+    for _ in 0..3 {
+        let (response, _) = send(&client, sms()).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()[ERROR_HEADER], "connect");
+    }
+    for _ in 0..5 {
+        let (response, _) = send(&client, sms()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[ERROR_HEADER], "circuit_open");
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+    }
+    // The upstream comes back where it was; after the cooldown the probe finds it.
+    let upstream = FaultUpstream::start_on(addr, |_| Fault::ok()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..4 {
+        let (response, _) = send(&client, sms()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.received().len(),
+        4,
+        "nothing else was dialled through"
+    );
+    let m = scrape(gw.admin_addr()).await;
+    assert_eq!(errors(&m, "connect"), 3.0);
+    assert_eq!(
+        m.sum("acsgate_gateway_errors_total", &[("kind", "circuit_open")]),
+        5.0
+    );
+    assert_eq!(count(&m, &[("status_code", "503")]), 5.0);
+    assert_eq!(count(&m, &[("status_code", "200")]), 4.0);
+}
+
 #[tokio::test]
 async fn a2_unresolvable_upstream_host_gives_502_connect() {
     // `.invalid` never resolves (RFC 6761); the response timeout bounds a slow resolver.

@@ -144,8 +144,16 @@ impl FaultUpstream {
     /// An upstream that asks `policy` what to do with each request once its head is read
     /// (the body is not read yet when the policy runs; `body_*` fields are empty).
     pub async fn start(policy: impl Fn(&Received) -> Fault + Send + Sync + 'static) -> Self {
+        FaultUpstream::start_on("127.0.0.1:0".parse().unwrap(), policy).await
+    }
+
+    /// [`FaultUpstream::start`] on a given address (an upstream coming back where it was).
+    pub async fn start_on(
+        addr: SocketAddr,
+        policy: impl Fn(&Received) -> Fault + Send + Sync + 'static,
+    ) -> Self {
         let policy: Policy = Arc::new(policy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
         let tasks = Arc::clone(&shared);
