@@ -250,11 +250,6 @@ impl Metrics {
         &self.registry
     }
 
-    /// The options these families were made with.
-    pub fn options(&self) -> &MetricsOptions {
-        &self.options
-    }
-
     /// These families as `options` asks. A family whose buckets or labels change is replaced
     /// in the registry by a new one, which starts empty (observations cannot be re-bucketed or
     /// re-labelled); every other family, and every value in it, is kept.
