@@ -305,9 +305,11 @@ where
             &self.shared,
             Some(&old),
         )?;
-        // Everything is built: from here on nothing can fail.
-        *metrics = next_metrics;
+        // Everything is built: from here on nothing can fail. The pipeline first, so requests
+        // recorded into replaced families are there when the registry starts collecting them.
         self.current.store(Arc::new(pipeline));
+        next_metrics.publish();
+        *metrics = next_metrics;
 
         let names = |c: &Catalogue| -> HashSet<(String, String)> {
             c.operations()

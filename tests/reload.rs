@@ -216,6 +216,38 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
     fixture.gateway.shutdown().await;
 }
 
+/// A reload that fails late (the extra CA file is not PEM; only building the client finds
+/// out) changes nothing either: the histogram keeps its buckets and its counts.
+#[tokio::test]
+async fn a_reload_failing_late_leaves_every_metric_family_as_it_was() {
+    let fixture = Fixture::start("late").await;
+    let gateway = &fixture.gateway;
+    assert_eq!(get(gateway, "/custom/alpha").await, StatusCode::OK);
+    let not_pem = fixture.dir.write("ca.pem", "not a certificate");
+    let error = fixture
+        .reload(|s| {
+            s.buckets = Some(vec![0.5, 2.0]);
+            s.metrics_status_code = Some(false);
+            s.extra_ca_file = Some(not_pem);
+        })
+        .expect_err("the CA file is refused");
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+    let metrics = scrape(gateway.admin_addr()).await;
+    assert_eq!(
+        metrics.sum(
+            "acsgate_request_duration_seconds_count",
+            &[("operation", "Alpha")]
+        ),
+        1.0
+    );
+    assert!(metrics.text.contains("le=\"0.005\""), "{}", metrics.text);
+    assert_eq!(
+        metrics.sum("acsgate_requests_total", &[("status_code", "200")]),
+        1.0
+    );
+    fixture.gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn listener_changes_need_a_restart_and_the_old_listener_stays() {
     let fixture = Fixture::start("listen").await;

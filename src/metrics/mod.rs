@@ -250,23 +250,28 @@ impl Metrics {
         &self.registry
     }
 
-    /// These families as `options` asks. A family whose buckets or labels change is replaced
-    /// in the registry by a new one, which starts empty (observations cannot be re-bucketed or
-    /// re-labelled); every other family, and every value in it, is kept.
+    /// These families as `options` asks. A family whose buckets or labels change is a new
+    /// one, which starts empty (observations cannot be re-bucketed or re-labelled); every
+    /// other family, and every value in it, is shared. Nothing changes in the registry until
+    /// [`Metrics::publish`], so a reload that fails later leaves the scrape as it was.
     pub fn reconfigure(&self, options: &MetricsOptions) -> Result<Metrics, prometheus::Error> {
         let mut next = self.clone();
         if options.status_code_label != self.options.status_code_label {
             next.requests = requests_family(options)?;
-            self.requests_slot.store(Arc::new(next.requests.clone()));
         }
         if options.duration_buckets != self.options.duration_buckets
             || options.duration_operation_label != self.options.duration_operation_label
         {
             next.duration = duration_family(options)?;
-            self.duration_slot.store(Arc::new(next.duration.clone()));
         }
         next.options = Arc::new(options.clone());
         Ok(next)
+    }
+
+    /// Makes the registry collect these families (after [`Metrics::reconfigure`]).
+    pub fn publish(&self) {
+        self.requests_slot.store(Arc::new(self.requests.clone()));
+        self.duration_slot.store(Arc::new(self.duration.clone()));
     }
 
     /// Removes every series of the given `(api, operation)` pairs (operations a reload took
@@ -739,13 +744,19 @@ mod tests {
                 .filter(|l| l.starts_with("acsgate_requests_total{") && l.contains(&needle))
                 .count()
         };
-        // New buckets replace the histogram only; the counter keeps its series.
+        // New buckets replace the histogram only, once published; the counter keeps its series.
         let next = metrics
             .reconfigure(&MetricsOptions {
                 duration_buckets: vec![1.0],
                 ..MetricsOptions::default()
             })
             .unwrap();
+        let text = String::from_utf8(next.encode().unwrap()).unwrap();
+        assert!(
+            text.contains("acsgate_request_duration_seconds_count"),
+            "not yet published"
+        );
+        next.publish();
         assert_eq!(count(&next, &first.name), 1);
         let text = String::from_utf8(next.encode().unwrap()).unwrap();
         assert!(
