@@ -123,9 +123,12 @@ where
         previous: Option<&Pipeline<B>>,
     ) -> Result<Pipeline<B>, ClientError> {
         let client = match previous {
-            // A CA file may have new contents under the same name: always re-read it.
+            // The pool holds connections to one upstream; a CA file may have new contents
+            // under the same name: a new client for either change.
             Some(old)
-                if old.config.client == config.client && config.client.extra_ca_file.is_none() =>
+                if old.config.client == config.client
+                    && old.config.upstream == config.upstream
+                    && config.client.extra_ca_file.is_none() =>
             {
                 old.client.clone()
             }

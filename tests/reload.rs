@@ -216,6 +216,28 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_serves_on() {
     fixture.gateway.shutdown().await;
 }
 
+/// A new upstream takes effect on the next request, even on a client connection that was
+/// open before, and no pooled connection to the old upstream carries it.
+#[tokio::test]
+async fn a_new_upstream_gets_the_next_request() {
+    let fixture = Fixture::start("upstream").await;
+    let gateway = &fixture.gateway;
+    let client = h1_client();
+    let alpha = || request(Method::GET, gateway.proxy_addr(), "/custom/alpha", "");
+    assert_eq!(send(&client, alpha()).await.0.status(), StatusCode::OK);
+    let next = Upstream::ok().await;
+    let config = config_with(&next, fixture.file.clone(), |_| {});
+    gateway.reload(config).expect("reload succeeds");
+    assert_eq!(send(&client, alpha()).await.0.status(), StatusCode::OK);
+    assert_eq!(
+        fixture.upstream.seen().len(),
+        1,
+        "the old upstream saw only the first"
+    );
+    assert_eq!(next.seen().len(), 1, "the new upstream got the second");
+    fixture.gateway.shutdown().await;
+}
+
 /// A reload that fails late (the extra CA file is not PEM; only building the client finds
 /// out) changes nothing either: the histogram keeps its buckets and its counts.
 #[tokio::test]
