@@ -5,8 +5,10 @@
 //! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
 //! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`BodyRateLayer`] (request
 //! body deadline and minimum rate) → [`SignLayer`] (verify the caller's HMAC signature,
-//! re-sign for the upstream) → [`PeekBodyLayer`] (body-dependent operations) → [`Forward`]
-//! (to the upstream).
+//! re-sign for the upstream) → [`PeekBodyLayer`] (body-dependent operations) →
+//! [`BreakerLayer`](crate::breaker::BreakerLayer) (fail fast while the upstream cannot be
+//! reached, when configured) → [`Forward`] (to the upstream). Each request's stack is built
+//! from the configuration current when it arrives (see [`crate::reload`]).
 //!
 //! Each connection is guarded before hyper sees a request: a global cap on open connections,
 //! and a deadline from accept to the first request head covering the TLS handshake and
