@@ -1,9 +1,9 @@
 //! Hot reload: `SIGHUP`, or a change to the config file or a catalogue file, rebuilds the
 //! request path from the new configuration and swaps it in.
 //!
-//! The request path of the proxy is a [`Pipeline`]: the catalogue, the metric handles bound to
+//! The request path of the proxy is a `Pipeline`: the catalogue, the metric handles bound to
 //! it, and every layer built from the configuration. The listener holds it behind an
-//! [`ArcSwap`] and [`Reloading`] builds each request's stack from the pipeline current when
+//! [`ArcSwap`] and `Reloading` builds each request's stack from the pipeline current when
 //! the request arrives, so a reload takes effect on the next request, even on a keep-alive or
 //! HTTP/2 connection opened long before, and a request already in flight finishes on the
 //! pipeline it started with.

@@ -1,14 +1,21 @@
 //! The listeners: the proxy (HTTP/1.1 and h2c on one port) and the admin port, their accept
 //! loops, and graceful shutdown.
 //!
-//! The request path of the proxy is a stack of layers, outermost first:
-//! [`ClassifyLayer`] (name the operation) → [`RecordLayer`] (count it exactly once) →
-//! [`AdmissionLayer`] (URI limit, load shedding, drain deadline) → [`BodyRateLayer`] (request
-//! body deadline and minimum rate) → [`SignLayer`] (verify the caller's HMAC signature,
-//! re-sign for the upstream) → [`PeekBodyLayer`] (body-dependent operations) →
-//! [`BreakerLayer`](crate::breaker::BreakerLayer) (fail fast while the upstream cannot be
-//! reached, when configured) → [`Forward`] (to the upstream). Each request's stack is built
-//! from the configuration current when it arrives (see [`crate::reload`]).
+//! The request path of the proxy is a stack of layers, outermost first: [`ClassifyLayer`]
+//! (name the operation) → [`RecordLayer`] (count it exactly once) → [`AdmissionLayer`] (URI
+//! limit, load shedding, drain deadline) → [`BodyRateLayer`] (request body deadline and
+//! minimum rate) → [`SignLayer`] (verify the caller's HMAC signature, re-sign for the
+//! upstream) → [`PeekBodyLayer`] (body-dependent operations) → [`BreakerLayer`] (fail fast
+//! while the upstream cannot be reached, when configured) → [`Forward`] (to the upstream).
+//! Each request's stack is built from the configuration current when it arrives (see
+//! [`crate::reload`]).
+//!
+//! [`ClassifyLayer`]: crate::classify::ClassifyLayer
+//! [`RecordLayer`]: crate::metrics::RecordLayer
+//! [`AdmissionLayer`]: crate::admission::AdmissionLayer
+//! [`BodyRateLayer`]: crate::body_rate::BodyRateLayer
+//! [`SignLayer`]: crate::auth::SignLayer
+//! [`BreakerLayer`]: crate::breaker::BreakerLayer
 //!
 //! Each connection is guarded before hyper sees a request: a global cap on open connections,
 //! and a deadline from accept to the first request head covering the TLS handshake and
