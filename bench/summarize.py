@@ -146,7 +146,8 @@ def main(path):
     down, up = group(rows, "stream-down"), group(rows, "stream-up")
     if down:
         rounds = int(max(r["round"] for r in rows if r["kind"] == "stream-down"))
-        print(f"\n## streaming a 1 GiB body, download (GET) and upload (PUT): medians of {rounds} "
+        mib = next(iter(down.values()))[0]["bytes"] / 2**20
+        print(f"\n## streaming a {mib:.0f} MiB body, download (GET) and upload (PUT): medians of {rounds} "
               "interleaved rounds (nothing pinned; (×) = ratio to direct)\n")
 
         def rate(kind, t, runs):
@@ -161,7 +162,8 @@ def main(path):
         lines = []
         for t, runs in down.items():
             u = up.get(t, [])
-            rss0, rss1 = col(runs + u, "rss_before_kb"), max((r["rss_kb"] for r in runs + u), default=0)
+            # before the first transfer of a run (a fresh process), and the highest after any
+            rss0, rss1 = col(runs, "rss_before_kb"), max((r["rss_kb"] for r in runs + u), default=0)
             lines.append([
                 t,
                 rate("stream-down", t, runs),
