@@ -103,7 +103,6 @@ def saturation(rows, sat, paced, rounds):
                  "paced p99 µs", "peak RSS MiB", "errors", "other CPU %"], lines))
 
 
-
 def main(path):
     rows = load(path)
     sat, paced = group(rows, "sat"), group(rows, "paced")
