@@ -3,9 +3,9 @@
 #
 #   bench/run.sh [--quick] [--install] [--no-build]
 #
-# Needs: nginx haproxy caddy wrk h2load (nghttp2-client) curl python3 taskset. It installs
-# nothing unless --install is given (then: apt-get install nginx haproxy caddy wrk
-# nghttp2-client). Everything listens on 127.0.0.1, every run is bounded in time, and every
+# Needs: nginx haproxy caddy wrk h2load (nghttp2-client) socat curl python3 taskset. It
+# installs nothing unless --install is given (then: apt-get install nginx haproxy caddy wrk
+# nghttp2-client socat). Everything listens on 127.0.0.1, every run is bounded in time, and every
 # process started here is stopped by its PID (process group) on exit, Ctrl-C included.
 set -euo pipefail
 
@@ -26,13 +26,15 @@ done
 # ------------------------------------------------------------------------------ knobs ----
 if [ "$QUICK" = 1 ]; then   # about 2 minutes
   : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=1}" "${STREAM_REPEATS:=1}"
-else                        # about 9 minutes
+  : "${STREAM_MIB:=256}"
+else                        # about 9.5 minutes
   : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
 TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate"}
 CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
 PACED_RATE=${PACED_RATE:-2000}      # req/s of the paced latency run
 STREAM_MIB=${STREAM_MIB:-1024}      # streaming check body size
+STREAM_TARGETS=${STREAM_TARGETS:-"direct nginx nginx-stream socat acsgate"}
 BASE_PORT=${BASE_PORT:-28180}       # below the ephemeral range (32768+)
 PROXY_CPU=${PROXY_CPU:-1}           # the proxy's core; wrk and the upstream get LOAD_CPU
 LOAD_CPU=${LOAD_CPU:-0}
@@ -40,7 +42,7 @@ ACSGATE_BIN=${ACSGATE_BIN:-}        # default: target/release/acsgate (built unl
 
 # ----------------------------------------------------------------------- prerequisites ----
 need=()
-for tool in nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client curl:curl; do
+for tool in nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client socat:socat curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -68,7 +70,10 @@ echo "bench: results in $TMP" >&2
 # Ports.
 UP=$BASE_PORT
 declare -A LISTEN=([direct]=$UP [nginx]=$((UP + 1)) [haproxy]=$((UP + 3)) [caddy]=$((UP + 5))
-                   [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)))
+                   [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)) [nginx-stream]=$((UP + 1))
+                   [socat]=$((UP + 11)))
+# Streaming paths by target (nginx-stream is nginx's unbuffered /stream/ location).
+declare -A STREAM_PREFIX=([nginx-stream]=/stream)
 declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7)))
 declare -A ADMIN=([haproxy]=$((UP + 9)) [caddy]=$((UP + 10)) [acsgate]=$((UP + 8)) [acsgate-2t]=$((UP + 8)))
 
@@ -111,11 +116,12 @@ wait_port() {
 tree() { # the pids of a process group
   ps -o pid= -g "$1" 2>/dev/null | tr -s ' \n' ' '
 }
-cpu_ticks() { # utime+stime of every process in the group, in clock ticks
+cpu_ticks() { # utime+stime of every process in the group, and of its reaped children, in clock ticks
   local sum=0 pid; for pid in $(tree "$1"); do
     [ -r "/proc/$pid/stat" ] || continue
-    # fields after the ")" of the command name: utime is the 12th, stime the 13th
-    sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    # fields after the ")" of the command name: utime, stime, cutime, cstime are the 12th to
+    # 15th (the children's count for socat, which forks one per connection)
+    sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13 + $14 + $15}')))
   done; echo "$sum"
 }
 hwm_kb() { # sum of VmHWM over the group
@@ -142,12 +148,15 @@ start_target() {
   PROXY=""
   case "$name" in
     direct) return 0 ;;
-    nginx)
+    nginx|nginx-stream)
       render proxy.nginx.conf "${LISTEN[nginx]}" "${H2[nginx]}"
       start "$cpus" nginx nginx -e "$TMP/nginx-proxy-error.log" -c "$TMP/proxy.nginx.conf" ;;
     haproxy)
       render haproxy.cfg "${LISTEN[haproxy]}" "${H2[haproxy]}" "${ADMIN[haproxy]}"
       start "$cpus" haproxy haproxy -db -f "$TMP/haproxy.cfg" ;;
+    socat) # the plainest user-space relay: TCP bytes copied through 256 KiB buffers
+      start "$cpus" socat socat -b 262144 "TCP-LISTEN:${LISTEN[socat]},bind=127.0.0.1,reuseaddr,fork" \
+        "TCP:127.0.0.1:$UP" ;;
     caddy)
       render Caddyfile "${LISTEN[caddy]}" "" "${ADMIN[caddy]}"
       start "$cpus" caddy env GOMAXPROCS=1 HOME="$TMP" XDG_DATA_HOME="$TMP" XDG_CONFIG_HOME="$TMP" \
@@ -247,18 +256,34 @@ for round in $(seq "$H2_REPEATS"); do
   done
 done
 
-echo "bench: streaming ${STREAM_MIB} MiB, direct vs through acsgate, nothing pinned" >&2
-stream_load() { # prints an @@RESULT line: the download rate in bytes/s
-  local size rate
-  read -r size rate < <(curl -fsS --max-time 120 -o /dev/null -w '%{size_download} %{speed_download}' "$1/big")
-  [ "$size" = $((STREAM_MIB * 1048576)) ] || { echo "stream: got $size bytes" >&2; return 1; }
-  echo "@@RESULT down_bps=$rate"
+echo "bench: streaming ${STREAM_MIB} MiB down and up: $STREAM_TARGETS, nothing pinned" >&2
+# stream_load down|up URL: prints an @@RESULT line: bytes and rate (bytes/s) of a download of
+# /big or an upload (PUT, no 100-continue round trip) to /sink.
+stream_load() {
+  local dir=$1 url=$2 size rate
+  if [ "$dir" = down ]; then
+    read -r size rate < <(curl -fsS --max-time 120 -o /dev/null -w '%{size_download} %{speed_download}' "$url/big")
+  else
+    read -r size rate < <(curl -fsS --max-time 120 -H 'Expect:' -T "$TMP/big.bin" -o /dev/null \
+      -w '%{size_upload} %{speed_upload}' "$url/sink")
+  fi
+  [ "$size" = $((STREAM_MIB * 1048576)) ] || { echo "stream $dir: moved $size bytes" >&2; return 1; }
+  echo "@@RESULT bytes=$size bps=$rate"
 }
+# The first read of the sparse file fills the page cache (about a third of the later rate):
+# done here, unmeasured, or round 1's direct download would carry it.
+curl -fsS --max-time 120 -o /dev/null "http://127.0.0.1:$UP/big"
 for round in $(seq "$STREAM_REPEATS"); do
-  for t in direct acsgate; do
+  for t in $STREAM_TARGETS; do
     start_target "$t" all
-    EXTRA="rss_before_kb=0"; [ -n "$PROXY" ] && EXTRA="rss_before_kb=$(hwm_kb "$PROXY")"
-    measure stream "$round" "$t" stream_load "http://127.0.0.1:${LISTEN[$t]}"
+    # No upload through nginx: its defaults buffer a request body to a temp file (and refuse
+    # one over 1 MiB); unbuffered, it stops forwarding once the sink has answered (the sink
+    # answers at once) and discards the rest itself, so the upstream never reads the GiB.
+    dirs="down up"; [[ "$t" == nginx* ]] && dirs=down
+    for dir in $dirs; do
+      EXTRA="rss_before_kb=0"; [ -n "$PROXY" ] && EXTRA="rss_before_kb=$(hwm_kb "$PROXY")"
+      measure "stream-$dir" "$round" "$t" stream_load "$dir" "http://127.0.0.1:${LISTEN[$t]}${STREAM_PREFIX[$t]:-}"
+    done
     EXTRA=""
     [ -n "$PROXY" ] && stop "$PROXY"
   done
@@ -266,4 +291,4 @@ done
 
 stop_all
 python3 "$HERE/summarize.py" "$RESULTS" | tee "$TMP/summary.txt"
-echo "bench: machine: $(nproc) CPUs; versions: $(nginx -v 2>&1 | cut -d/ -f2), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), caddy $(caddy version | cut -d' ' -f1), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $("$ACSGATE_BIN" --version)" | tee -a "$TMP/summary.txt"
+echo "bench: machine: $(nproc) CPUs; versions: $(nginx -v 2>&1 | cut -d/ -f2), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), caddy $(caddy version | cut -d' ' -f1), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $(socat -V | awk '/socat version/ {print "socat", $3}'), $("$ACSGATE_BIN" --version)" | tee -a "$TMP/summary.txt"

@@ -75,10 +75,8 @@ def col(runs, key):
     return med(r.get(key) for r in runs)
 
 
-def main(path):
-    rows = load(path)
-    sat, paced = group(rows, "sat"), group(rows, "paced")
-    rounds = int(max((r["round"] for r in rows if r["kind"] == "sat"), default=0))
+def saturation(rows, sat, paced, rounds):
+    """The saturation and paced table."""
     print(f"## acsgate vs nginx, HAProxy, Caddy: medians of {rounds} interleaved rounds")
     print("(saturation: wrk 1 thread × 64 connections, ACS mix; paced: same at about 2,000 req/s;")
     print(" proxy pinned to one core, wrk + upstream to the other; (×) = ratio to nginx)\n")
@@ -103,6 +101,14 @@ def main(path):
         ])
     print(table(["target", "req/s", "proxy CPU µs/req", "sat p50 / p99 µs", "paced p50 µs",
                  "paced p99 µs", "peak RSS MiB", "errors", "other CPU %"], lines))
+
+
+def main(path):
+    rows = load(path)
+    sat, paced = group(rows, "sat"), group(rows, "paced")
+    rounds = int(max((r["round"] for r in rows if r["kind"] == "sat"), default=0))
+    if rounds:
+        saturation(rows, sat, paced, rounds)
 
     scale = group(rows, "scale")
     if scale:
@@ -136,21 +142,37 @@ def main(path):
         print(table(["target", "req/s", "proxy CPU µs/req", "mean µs", "peak RSS MiB", "errors",
                      "other CPU %"], lines))
 
-    stream = group(rows, "stream")
-    if stream:
-        print("\n## streaming a 1 GiB body, direct vs through acsgate (GET, nothing pinned)\n")
+    down, up = group(rows, "stream-down"), group(rows, "stream-up")
+    if down:
+        rounds = int(max(r["round"] for r in rows if r["kind"] == "stream-down"))
+        mib = next(iter(down.values()))[0]["bytes"] / 2**20
+        print(f"\n## streaming a {mib:.0f} MiB body, download (GET) and upload (PUT): medians of {rounds} "
+              "interleaved rounds (nothing pinned; (×) = ratio to direct)\n")
+
+        def rate(kind, t, runs):
+            r = per_round_ratio(rows, kind, t, "direct", "bps")
+            v = col(runs, "bps")
+            return fmt(v and v / 2**20) + ("" if t == "direct" or r[0] is None else
+                                           f" ({r[0]:.2f}×, {r[1]:.2f}–{r[2]:.2f})")
+
+        def cpu_per_gib(runs):  # the proxy's CPU seconds per GiB moved
+            return med(r["proxy_ticks"] / r["hz"] / (r["bytes"] / 2**30) for r in runs) if runs else None
+
         lines = []
-        for t, runs in stream.items():
-            down = per_round_ratio(rows, "stream", t, "direct", "down_bps")
-            rss0, rss1 = col(runs, "rss_before_kb"), col(runs, "rss_kb")
+        for t, runs in down.items():
+            u = up.get(t, [])
+            # before the first transfer of a run (a fresh process), and the highest after any
+            rss0, rss1 = col(runs, "rss_before_kb"), max((r["rss_kb"] for r in runs + u), default=0)
             lines.append([
                 t,
-                fmt(col(runs, "down_bps") / 2**20) + ("" if t == "direct" else f" ({down[0]:.2f}×)"),
+                rate("stream-down", t, runs),
+                rate("stream-up", t, u) if u else "–",
+                "–" if t == "direct" else fmt(cpu_per_gib(runs), "{:.2f}") + " / " + fmt(cpu_per_gib(u), "{:.2f}"),
                 "–" if not rss1 else f"{rss0 / 1024:.1f} → {rss1 / 1024:.1f}",
-                fmt(col(runs, "other_pct")),
+                fmt(col(runs + u, "other_pct")),
             ])
-        print(table(["target", "download MiB/s", "peak RSS MiB before → after",
-                     "other CPU %"], lines))
+        print(table(["target", "download MiB/s", "upload MiB/s", "proxy CPU s/GiB down / up",
+                     "peak RSS MiB before → max after", "other CPU %"], lines))
 
     others = [r["other_pct"] for r in rows]
     print(f"\nmachine load (other CPU %, 100 = one core): median {med(others):.0f}, max {max(others):.0f}")
