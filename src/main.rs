@@ -20,7 +20,22 @@ use tracing_subscriber::{Registry, reload};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e`; the Rust bindings name it only for
+/// mimalloc 2. The unit test below checks the index still means that option.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes mimalloc return a page to the OS as soon as it is empty, instead of 1 s later.
+///
+/// Peak RSS under 64 busy connections: 16.1 MiB with the default delay, 14.8 MiB with none;
+/// about 85 `madvise` calls a second at 9,000 req/s, with no CPU cost the bench can resolve
+/// (README "Performance").
+fn tune_allocator() {
+    // SAFETY: sets one of mimalloc's process-wide integer options; any value is valid for it.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // The settings are merged again (and their errors reported) once logging is up.
     let log_level = cli.merged_settings().ok().and_then(|s| s.log_level);
@@ -155,4 +170,25 @@ fn init_logging(format: LogFormat, log_level: Option<&str>) -> Option<LogFilter>
 fn fail(message: String) -> ExitCode {
     eprintln!("acsgate: error: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tune_allocator_sets_the_purge_delay() {
+        // mimalloc 3's default purge delay is 1,000 ms, a default the options around index 15
+        // do not have: this fails if the index names another option after an upgrade.
+        // SAFETY: reads a process-wide integer option.
+        let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            before, 1000,
+            "option {MI_OPTION_PURGE_DELAY} is not the purge delay"
+        );
+        tune_allocator();
+        // SAFETY: as above.
+        let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(after, 0);
+    }
 }
