@@ -27,7 +27,7 @@ use prometheus::{
 
 pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
 
-use crate::catalogue::{Catalogue, OperationId};
+use crate::catalogue::{Catalogue, OperationId, TemplateId};
 use crate::error::ErrorKind;
 
 /// Default histogram buckets for `acsgate_request_duration_seconds`, in seconds.
@@ -321,7 +321,10 @@ impl Metrics {
                 self.operation_metrics(&catalogue.api(op.api).name, &op.name, api)
             })
             .collect();
-        OperationTable { operations }
+        OperationTable {
+            operations,
+            templates: catalogue.templates().into(),
+        }
     }
 
     /// Resolves the handles of one operation named outside the catalogue (inbound events).
@@ -371,6 +374,8 @@ pub struct ApiMetrics {
 /// The metric handles of every operation of a catalogue, indexed by [`OperationId`].
 pub struct OperationTable {
     operations: Vec<OperationMetrics>,
+    /// The catalogue's route templates, for request spans and access logs.
+    templates: Box<[Arc<str>]>,
 }
 
 impl OperationTable {
@@ -380,6 +385,15 @@ impl OperationTable {
     /// If `id` is not from the catalogue this table was bound to.
     pub fn get(&self, id: OperationId) -> &OperationMetrics {
         &self.operations[id.index()]
+    }
+
+    /// A route template of the catalogue this table was bound to; see
+    /// [`Catalogue::template`].
+    ///
+    /// # Panics
+    /// If `id` is not from the catalogue this table was bound to.
+    pub fn template(&self, id: TemplateId) -> &Arc<str> {
+        &self.templates[id.index()]
     }
 
     /// Stops one operation from recording: a reload removed it, and its series with it.
