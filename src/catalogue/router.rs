@@ -200,7 +200,11 @@ pub(super) fn compile<'a>(
         .map(|(p, (api, _))| (p.into_boxed_str(), api))
         .collect();
     prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-    let templates = b.routes.iter().map(|r| r.template.as_str().into()).collect();
+    let templates = b
+        .routes
+        .iter()
+        .map(|r| r.template.as_str().into())
+        .collect();
     Ok(Compiled {
         apis: b.apis,
         operations: b.operations,
