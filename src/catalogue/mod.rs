@@ -59,6 +59,22 @@ impl ApiId {
     }
 }
 
+/// A route's template in [`Catalogue::template`]: the index of the route in
+/// [`Catalogue::routes`] that first defined the matched meaning.
+///
+/// A [`Classification`] carries this copyable index rather than the string, so classifying
+/// a request touches no reference count; the template is looked up only where it is shown
+/// (request spans, access logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TemplateId(u32);
+
+impl TemplateId {
+    /// The index into [`Catalogue::templates`] (and [`Catalogue::routes`]).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// A named operation: the `operation` label value.
 ///
 /// There is one per distinct (api, name) pair, plus one `Bad Route` per api.
@@ -133,9 +149,10 @@ pub struct Classification {
     pub operation: OperationId,
     /// Set when the body can change the operation; see [`BodyRule::apply`].
     pub body_rule: Option<BodyRule>,
-    /// The matched route's template as written (`/chat/threads/{chatThreadId}/messages`);
-    /// `None` for a `Bad Route`. Ids never appear in it, so access logs can show it.
-    pub template: Option<Arc<str>>,
+    /// The matched route's template as written (`/chat/threads/{chatThreadId}/messages`),
+    /// see [`Catalogue::template`]; `None` for a `Bad Route`. Ids never appear in it, so
+    /// access logs can show it.
+    pub template: Option<TemplateId>,
 }
 
 /// A compiled catalogue: immutable, cheap to share behind an `Arc`.
@@ -234,7 +251,7 @@ impl Catalogue {
             Some(v) => Classification {
                 operation: v.operation,
                 body_rule: v.body_rule.clone(),
-                template: Some(Arc::clone(&v.template)),
+                template: Some(v.template),
             },
             None => self.bad_route(shape.api),
         }
@@ -289,6 +306,20 @@ impl Catalogue {
     /// Every route in file order, identical duplicates included.
     pub fn routes(&self) -> &[Route] {
         &self.inner.routes
+    }
+
+    /// A route template as written, e.g. `/chat/threads/{chatThreadId}/messages`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` comes from another catalogue with more routes.
+    pub fn template(&self, id: TemplateId) -> &Arc<str> {
+        &self.inner.templates[id.index()]
+    }
+
+    /// Every route template, indexed like [`Catalogue::routes`]; a [`TemplateId`] indexes it.
+    pub fn templates(&self) -> &[Arc<str>] {
+        &self.inner.templates
     }
 
     /// The api named `name`, if declared (`unknown` always is).

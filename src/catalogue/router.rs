@@ -14,7 +14,7 @@ use http::Method;
 use super::error::{CatalogueError, CatalogueErrorKind, line_of};
 use super::file::{self, FileModel, RouteDecl};
 use super::normalize::{compile_prefix, compile_template};
-use super::{Api, ApiId, BodyRule, Operation, OperationId, Route};
+use super::{Api, ApiId, BodyRule, Operation, OperationId, Route, TemplateId};
 
 /// Name of the api that requests matching no prefix are counted under.
 pub(super) const UNKNOWN_API: &str = "unknown";
@@ -27,7 +27,7 @@ pub(super) struct Variant {
     pub(super) operation: OperationId,
     pub(super) body_rule: Option<BodyRule>,
     /// The template of the first route that defined it, as written (for access logs).
-    pub(super) template: Arc<str>,
+    pub(super) template: TemplateId,
     /// Index of the first route that defined it, for conflict messages.
     origin: usize,
 }
@@ -124,6 +124,8 @@ pub(super) struct Compiled {
     pub(super) apis: Vec<Api>,
     pub(super) operations: Vec<Operation>,
     pub(super) routes: Vec<Route>,
+    /// Each route's template, indexed like `routes`.
+    pub(super) templates: Vec<Arc<str>>,
     pub(super) router: matchit::Router<u32>,
     pub(super) shapes: Vec<Shape>,
     /// Longest first.
@@ -198,10 +200,16 @@ pub(super) fn compile<'a>(
         .map(|(p, (api, _))| (p.into_boxed_str(), api))
         .collect();
     prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    let templates = b
+        .routes
+        .iter()
+        .map(|r| r.template.as_str().into())
+        .collect();
     Ok(Compiled {
         apis: b.apis,
         operations: b.operations,
         routes: b.routes,
+        templates,
         router: b.router,
         shapes: b.shapes,
         prefixes,
@@ -417,6 +425,8 @@ impl<'a> Builder<'a> {
         };
 
         let route_index = self.routes.len();
+        let template_id =
+            TemplateId(u32::try_from(route_index).map_err(|_| too_large(file, "routes"))?);
         let shape_index = match self.shape_index.get(&template.key) {
             Some(&(shape, _)) => shape,
             None => {
@@ -439,7 +449,7 @@ impl<'a> Builder<'a> {
         let variant = Variant {
             operation,
             body_rule,
-            template: Arc::from(decl.path.get_ref().as_str()),
+            template: template_id,
             origin: route_index,
         };
         let methods = &mut self.shapes[shape_index].methods;

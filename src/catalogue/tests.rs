@@ -63,7 +63,10 @@ path = "/calls/{x}"
     assert_eq!(name(&c, "PUT", "/calls/1", None), "calls/Bad Route");
     assert_eq!(name(&c, "GET", "/nope", None), "unknown/Bad Route");
     // The template is the first definer's, as written; a Bad Route has none.
-    let template = |method: Method, path| c.classify(&method, path, None).template;
+    let template = |method: Method, path| {
+        let id = c.classify(&method, path, None).template;
+        id.map(|id| c.template(id).to_string())
+    };
     assert_eq!(
         template(Method::GET, "/CALLS/8:acs:secret-id").as_deref(),
         Some("/calls/{callId}")

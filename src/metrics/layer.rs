@@ -125,12 +125,12 @@ where
             .expect("Record must run behind Classify");
         let mut guard = Guard::new(Arc::clone(&self.table), classification.operation, start);
         let (api, operation) = guard.metrics().names();
-        let template = classification.template.as_deref();
-        guard.span = access::request_span(&request, api, operation, template);
+        let template = classification.template.map(|id| self.table.template(id));
+        guard.span = access::request_span(&request, api, operation, template.map(|t| &**t));
         guard.access = self
             .access
             .as_ref()
-            .map(|log| log.begin(&request, classification.template.clone(), self.peer));
+            .map(|log| log.begin(&request, template.cloned(), self.peer));
         let counter = guard.metrics().api().request_bytes.clone();
         let tally = guard.access.as_ref().map(|entry| entry.bytes_in());
         let request = request.map(|body| CountBody {

@@ -27,7 +27,7 @@ use prometheus::{
 
 pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
 
-use crate::catalogue::{Catalogue, OperationId};
+use crate::catalogue::{Catalogue, OperationId, TemplateId};
 use crate::error::ErrorKind;
 
 /// Default histogram buckets for `acsgate_request_duration_seconds`, in seconds.
@@ -321,7 +321,10 @@ impl Metrics {
                 self.operation_metrics(&catalogue.api(op.api).name, &op.name, api)
             })
             .collect();
-        OperationTable { operations }
+        OperationTable {
+            operations,
+            templates: catalogue.templates().into(),
+        }
     }
 
     /// Resolves the handles of one operation named outside the catalogue (inbound events).
@@ -371,6 +374,8 @@ pub struct ApiMetrics {
 /// The metric handles of every operation of a catalogue, indexed by [`OperationId`].
 pub struct OperationTable {
     operations: Vec<OperationMetrics>,
+    /// The catalogue's route templates, for request spans and access logs.
+    templates: Box<[Arc<str>]>,
 }
 
 impl OperationTable {
@@ -380,6 +385,15 @@ impl OperationTable {
     /// If `id` is not from the catalogue this table was bound to.
     pub fn get(&self, id: OperationId) -> &OperationMetrics {
         &self.operations[id.index()]
+    }
+
+    /// A route template of the catalogue this table was bound to; see
+    /// [`Catalogue::template`].
+    ///
+    /// # Panics
+    /// If `id` is not from the catalogue this table was bound to.
+    pub fn template(&self, id: TemplateId) -> &Arc<str> {
+        &self.templates[id.index()]
     }
 
     /// Stops one operation from recording: a reload removed it, and its series with it.
@@ -448,27 +462,25 @@ impl OperationMetrics {
 
     /// Records one finished request: its status and how long it took.
     pub fn record(&self, status: StatusCode, elapsed: Duration, error: Option<ErrorKind>) {
-        let (class_index, class) = subclass(status);
-        // `StatusCode::as_str` is a static string for every valid code: no formatting.
-        let labels = [
-            self.api_name.as_str(),
-            self.name.as_str(),
-            status.as_str(),
-            class,
-        ];
         if self.retired.load(Ordering::Relaxed) {
             // Removed from the catalogue by a reload while this request was in flight: its
             // series are gone, and creating them again would resurrect a dead operation.
             return;
         }
+        let (class_index, class) = subclass(status);
+        // The label values are only read when a child is created, so they are fetched
+        // there: the hot path keeps fewer values live.
+        let labels = || [self.api_name.as_str(), self.name.as_str()];
         let options = &self.families.options;
         // Without `status_code`, every status of a subclass shares one child.
         let requests = || {
             let family = &self.families.requests;
+            let [api, name] = labels();
             if options.status_code_label {
-                family.with_label_values(&labels)
+                // `StatusCode::as_str` is a static string for every valid code: no formatting.
+                family.with_label_values(&[api, name, status.as_str(), class])
             } else {
-                family.with_label_values(&[labels[0], labels[1], class])
+                family.with_label_values(&[api, name, class])
             }
         };
         match status_slot(status) {
@@ -478,10 +490,11 @@ impl OperationMetrics {
         self.durations[class_index]
             .get_or_init(|| {
                 let family = &self.families.duration;
+                let [api, name] = labels();
                 if options.duration_operation_label {
-                    family.with_label_values(&[labels[0], labels[1], class])
+                    family.with_label_values(&[api, name, class])
                 } else {
-                    family.with_label_values(&[labels[0], class])
+                    family.with_label_values(&[api, class])
                 }
             })
             .observe(elapsed.as_secs_f64());
@@ -493,7 +506,8 @@ impl OperationMetrics {
                     } else {
                         &self.families.gateway_errors
                     };
-                    family.with_label_values(&[labels[0], labels[1], kind.as_str()])
+                    let [api, name] = labels();
+                    family.with_label_values(&[api, name, kind.as_str()])
                 })
                 .inc();
         }
