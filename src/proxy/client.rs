@@ -253,7 +253,9 @@ where
                 let pooled = if fresh { None } else { inner.take() };
                 let (taken, reused) = match pooled {
                     Some(taken) => (taken, true),
-                    None => (inner.connect(&target).await?, false),
+                    // Boxed: the connect and TLS handshake state is kilobytes, and inline
+                    // it would be copied into every request's future, pooled or not.
+                    None => (Box::pin(inner.connect(&target)).await?, false),
                 };
                 let error = match taken {
                     Taken::H2(mut sender) => {
