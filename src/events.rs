@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::error::{BoxError, ERROR_HEADER, ErrorKind};
 use crate::metrics::{Metrics, OperationMetrics};
 use crate::proxy::client;
-use crate::proxy::{BadRoutePolicy, Forward, Upstream};
+use crate::proxy::{BadRoutePolicy, Forward, Peer, Upstream};
 use crate::server::{self, StartError};
 
 /// Default limit on an event delivery's body, in bytes.
@@ -552,7 +552,7 @@ impl EventsListener {
         let task = tokio::spawn(server::serve(
             listener,
             policy,
-            move |peer| count.layer(forward.for_peer(peer)),
+            move |peer| count.layer(forward.for_peer(&Peer::new(peer))),
             stopped,
         ));
         tracing::info!(%addr, webhook = %events.forward_to.authority, "events listener serving");

@@ -41,7 +41,7 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::ClassifyLayer;
 use crate::config::Config;
 use crate::metrics::{Metrics, OperationTable, RecordLayer};
-use crate::proxy::Forward;
+use crate::proxy::{Forward, Peer};
 use crate::proxy::client::{self, ClientError, UpstreamClient};
 
 /// Where a reload reads the configuration from (the binary: flags, environment and the
@@ -187,7 +187,7 @@ where
 pub(crate) struct Reloading<M, B> {
     current: Arc<ArcSwap<Pipeline<B>>>,
     make: M,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
 impl<M: Clone, B> Clone for Reloading<M, B> {
@@ -195,7 +195,7 @@ impl<M: Clone, B> Clone for Reloading<M, B> {
         Reloading {
             current: Arc::clone(&self.current),
             make: self.make.clone(),
-            peer: self.peer,
+            peer: self.peer.clone(),
         }
     }
 }
@@ -205,14 +205,14 @@ impl<M, B> Reloading<M, B> {
         Reloading {
             current,
             make,
-            peer,
+            peer: Peer::new(peer),
         }
     }
 }
 
 impl<M, S, B, R> Service<R> for Reloading<M, B>
 where
-    M: Fn(&Pipeline<B>, SocketAddr) -> S,
+    M: Fn(&Pipeline<B>, &Peer) -> S,
     S: Service<R>,
 {
     type Response = S::Response;
@@ -227,7 +227,7 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         let pipeline = self.current.load();
-        (self.make)(&pipeline, self.peer).oneshot(request)
+        (self.make)(&pipeline, &self.peer).oneshot(request)
     }
 }
 

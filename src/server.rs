@@ -63,7 +63,7 @@ use crate::config::{Config, Limits};
 use crate::error::BoxError;
 use crate::events::EventsListener;
 use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
-use crate::proxy::Forward;
+use crate::proxy::{Forward, Peer};
 use crate::proxy::client::ClientError;
 use crate::reload::{
     self, ConfigSource, Pipeline, Reload, ReloadError, ReloadHook, ReloadSummary, Reloader,
@@ -296,10 +296,10 @@ type RequestStack<B> =
     Classify<Record<Admission<RateService<Sign<PeekBody<Breaker<Forward<B>>>>>>>>;
 
 /// Builds the [`RequestStack`] from the pipeline current when a request arrives.
-fn request_stack<B>(pipeline: &Pipeline<B>, peer: SocketAddr) -> RequestStack<B> {
+fn request_stack<B>(pipeline: &Pipeline<B>, peer: &Peer) -> RequestStack<B> {
     ServiceBuilder::new()
         .layer(pipeline.classify.clone())
-        .layer(pipeline.record.for_peer(peer))
+        .layer(pipeline.record.for_peer(peer.addr))
         .layer(pipeline.admission.clone())
         .layer(pipeline.body_rate)
         .layer(pipeline.sign.clone())

@@ -75,6 +75,25 @@ pub struct ForwardTimeouts {
     pub body_idle: Duration,
 }
 
+/// The client at the other end of one proxy connection, with its `X-Forwarded-For` entry
+/// made once for the connection rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The client's socket address.
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            forwarded_for: headers::peer_ip(addr),
+        }
+    }
+}
+
 /// Service that forwards a request upstream; see the [module docs](self).
 pub struct Forward<B> {
     client: UpstreamClient<B>,
@@ -126,10 +145,10 @@ impl<B> Forward<B> {
         }
     }
 
-    /// The same forwarder for requests from the client at `peer` (for `X-Forwarded-For`).
-    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+    /// The same forwarder for requests from `peer` (for `X-Forwarded-For`).
+    pub fn for_peer(&self, peer: &Peer) -> Self {
         Forward {
-            peer_ip: Some(headers::peer_ip(peer)),
+            peer_ip: Some(peer.forwarded_for.clone()),
             ..self.clone()
         }
     }
