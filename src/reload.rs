@@ -41,8 +41,8 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::classify::ClassifyLayer;
 use crate::config::Config;
 use crate::metrics::{Metrics, OperationTable, RecordLayer};
-use crate::proxy::{Forward, Peer};
 use crate::proxy::client::{self, ClientError, UpstreamClient};
+use crate::proxy::{Forward, Peer};
 
 /// Where a reload reads the configuration from (the binary: flags, environment and the
 /// config file, merged and validated as at start-up).

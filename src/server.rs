@@ -63,8 +63,8 @@ use crate::config::{Config, Limits};
 use crate::error::BoxError;
 use crate::events::EventsListener;
 use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
-use crate::proxy::{Forward, Peer};
 use crate::proxy::client::ClientError;
+use crate::proxy::{Forward, Peer};
 use crate::reload::{
     self, ConfigSource, Pipeline, Reload, ReloadError, ReloadHook, ReloadSummary, Reloader,
     Reloading, Shared,
