@@ -2,10 +2,11 @@
 //! small pool of its own on hyper's connection API.
 //!
 //! What it does to a request: takes a ready pooled connection (the shared HTTP/2 one, or the
-//! most recently used idle HTTP/1.1 one) or connects a new one, sets `Host` for HTTP/1.1 and
-//! sends the request in origin form. A request that a reused connection refused before writing
-//! any of it (the upstream had just closed it) is sent again on a fresh connection; a request
-//! that was written is never resent. What it does to a response: nothing; the connection goes
+//! most recently used idle HTTP/1.1 one) or connects a new one and sends the request: over
+//! HTTP/1.1 as it is (the caller sets `Host` to [`Target::host`]), over HTTP/2 with the
+//! target's scheme and authority in the URI instead of `Host`. A request that a reused
+//! connection refused before writing any of it (the upstream had just closed it) is sent again
+//! on a fresh connection; a request that was written is never resent. What it does to a response: nothing; the connection goes
 //! back to the pool when the response head arrives and serves again once its body is read.
 //!
 //! Compared with hyper-util's pooled client it skips the pool-key hashing, the checkout/connect
@@ -119,6 +120,11 @@ impl Target {
             .build()
             .expect("a scheme and an authority make a URI");
         Target { base, host }
+    }
+
+    /// The `Host` value of HTTP/1.1 requests to this target.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The absolute URI of `path_and_query` at this target (HTTP/2 needs scheme and authority).
@@ -263,23 +269,20 @@ where
                             .absolute(request.uri().path_and_query())
                             .map_err(|e| SendError::Connect(e.into()))?;
                         *request.uri_mut() = uri;
+                        // HTTP/2 names the authority in the URI (`:authority`).
+                        request.headers_mut().remove(http::header::HOST);
                         match sender.try_send_request(request).await {
                             Ok(response) => return Ok(response),
                             Err(error) => error,
                         }
                     }
-                    Taken::H1(mut sender) => {
-                        request
-                            .headers_mut()
-                            .insert(http::header::HOST, target.host.clone());
-                        match sender.try_send_request(request).await {
-                            Ok(response) => {
-                                inner.give_back(sender);
-                                return Ok(response);
-                            }
-                            Err(error) => error,
+                    Taken::H1(mut sender) => match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            inner.give_back(sender);
+                            return Ok(response);
                         }
-                    }
+                        Err(error) => error,
+                    },
                 };
                 // Only a request the connection gave back untouched may go out again.
                 let mut error = error;

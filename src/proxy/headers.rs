@@ -16,6 +16,48 @@ fn is_hop_by_hop(name: &str) -> bool {
     ) || name.starts_with("proxy-")
 }
 
+/// Which of the names the header rules act on a message carries, found in one pass over its
+/// names, so that each rule touches the map (hashing a name, removing, collecting) only when
+/// it has something to do: most messages carry none of these names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Some hop-by-hop header.
+    pub hop_by_hop: bool,
+    /// `Connection` is the only hop-by-hop header.
+    pub only_connection: bool,
+    /// Some name with `_`.
+    pub underscored: bool,
+    /// `X-Forwarded-For`.
+    pub forwarded_for: bool,
+    /// `X-Forwarded-Host`.
+    pub forwarded_host: bool,
+    /// `Location` or `Operation-Location`.
+    pub location: bool,
+}
+
+impl Names {
+    /// What `headers` carries.
+    pub fn of(headers: &HeaderMap) -> Names {
+        let mut found = Names::default();
+        let mut others = false;
+        for name in headers.keys() {
+            let name = name.as_str();
+            match name {
+                "connection" => found.hop_by_hop = true,
+                "x-forwarded-for" => found.forwarded_for = true,
+                "x-forwarded-host" => found.forwarded_host = true,
+                "location" | "operation-location" => found.location = true,
+                _ if is_hop_by_hop(name) => others = true,
+                // A byte loop: names are short, and memchr's call costs more than the search.
+                _ => found.underscored |= name.bytes().any(|b| b == b'_'),
+            }
+        }
+        found.only_connection = found.hop_by_hop && !others;
+        found.hop_by_hop |= others;
+        found
+    }
+}
+
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -26,23 +68,43 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// The authority the client addressed: `Host` (HTTP/1.1), else the URI's (`:authority` of
 /// HTTP/2, or an absolute-form request line).
 pub fn client_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
-    headers.get(header::HOST).cloned().or_else(|| {
-        let authority = uri.authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    })
+    headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| uri_authority(uri))
+}
+
+/// Sets `Host` to `upstream` (the upstream's authority, as TLS SNI needs) and returns the
+/// authority the client addressed, as [`client_host`] would have: one lookup instead of two.
+pub fn replace_host(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    upstream: &HeaderValue,
+) -> Option<HeaderValue> {
+    headers
+        .insert(header::HOST, upstream.clone())
+        .or_else(|| uri_authority(uri))
+}
+
+fn uri_authority(uri: &Uri) -> Option<HeaderValue> {
+    HeaderValue::from_str(uri.authority()?.as_str()).ok()
 }
 
 /// Removes hop-by-hop headers: the fixed set, any `Proxy-*` header, and every header named
 /// in `Connection`. End-to-end headers (`Authorization`, `x-ms-*`, `traceparent`…) stay.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests have none: one pass over the names, nothing hashed. Connection is itself
-    // hop-by-hop, so a message without it lists nothing either.
-    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+/// `names` is what [`Names::of`] found in `headers`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, names: Names) {
+    if !names.hop_by_hop {
+        return;
+    }
+    // Nearly every upstream response says `Connection: keep-alive` and has no other
+    // hop-by-hop header: removing that one name is all there is to do.
+    if names.only_connection && names_nothing_else(headers) {
+        headers.remove(header::CONNECTION);
         return;
     }
     // Names listed in Connection are hop-by-hop too; collect them before Connection goes.
-    // Upstream responses nearly all say `Connection: keep-alive`, which names a header the
-    // fixed set removes anyway, so the list stays empty and unallocated.
+    // `keep-alive` names a header the fixed set removes anyway.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -58,11 +120,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, is_hop_by_hop);
 }
 
+/// Whether `Connection` is a single `keep-alive` or `close`, which name no other header.
+fn names_nothing_else(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            let token = value.as_bytes().trim_ascii();
+            token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
+    }
+}
+
 /// Removes headers whose names contain `_`. Many servers (CGI, nginx by default) fold `_`
 /// into `-`, so `x_ms_date` next to `x-ms-date` could let a client smuggle a second value past
-/// whatever checks the dashed one; no ACS header has an underscore.
-pub fn remove_underscored(headers: &mut HeaderMap) {
-    remove_where(headers, |name| name.contains('_'));
+/// whatever checks the dashed one; no ACS header has an underscore. `names` is what
+/// [`Names::of`] found in `headers`.
+pub fn remove_underscored(headers: &mut HeaderMap, names: Names) {
+    if names.underscored {
+        remove_where(headers, |name| name.contains('_'));
+    }
 }
 
 /// Removes every header whose (lower-case) name satisfies `matches`, without allocating: the
@@ -80,16 +157,19 @@ pub fn peer_ip(peer: SocketAddr) -> HeaderValue {
 
 /// Adds `X-Forwarded-For` (the client's IP from [`peer_ip`], appended to a list the client
 /// already sent), `X-Forwarded-Proto` and `X-Forwarded-Host` (the authority the client
-/// addressed, when known).
+/// addressed, when known). `names` is what [`Names::of`] found in `headers`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
+    names: Names,
     peer_ip: Option<&HeaderValue>,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
     if let Some(ip) = peer_ip {
-        let listed = headers
-            .get(&X_FORWARDED_FOR)
+        let listed = names
+            .forwarded_for
+            .then(|| headers.get(&X_FORWARDED_FOR))
+            .flatten()
             .and_then(|v| v.to_str().ok())
             .zip(ip.to_str().ok())
             .and_then(|(existing, ip)| HeaderValue::from_str(&format!("{existing}, {ip}")).ok());
@@ -97,9 +177,14 @@ pub fn add_forwarded(
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None if names.forwarded_host => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+        None => {}
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +220,8 @@ mod tests {
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             ),
         ]);
-        remove_hop_by_hop(&mut headers);
+        let names = Names::of(&headers);
+        remove_hop_by_hop(&mut headers, names);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "traceparent", "x-ms-date"]);
@@ -144,7 +230,8 @@ mod tests {
     #[test]
     fn a_lone_proxy_header_is_still_dropped() {
         let mut headers = map(&[("proxy-authorization", "Basic eA=="), ("x-ms-date", "a")]);
-        remove_hop_by_hop(&mut headers);
+        let names = Names::of(&headers);
+        remove_hop_by_hop(&mut headers, names);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-ms-date"]);
     }
@@ -161,7 +248,8 @@ mod tests {
             "proxy-authenticate",
         ] {
             let mut headers = map(&[(name, "x"), ("x-ms-date", "a"), ("tea", "b")]);
-            remove_hop_by_hop(&mut headers);
+            let names = Names::of(&headers);
+            remove_hop_by_hop(&mut headers, names);
             let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
             left.sort_unstable();
             assert_eq!(left, ["tea", "x-ms-date"], "{name}");
@@ -171,7 +259,8 @@ mod tests {
     #[test]
     fn underscored_names_are_dropped() {
         let mut headers = map(&[("x-ms-date", "a"), ("x_ms_date", "b"), ("x_other", "c")]);
-        remove_underscored(&mut headers);
+        let names = Names::of(&headers);
+        remove_underscored(&mut headers, names);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-ms-date"]);
     }
@@ -179,8 +268,10 @@ mod tests {
     #[test]
     fn forwarded_headers_append_to_a_client_list() {
         let mut headers = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let names = Names::of(&headers);
         add_forwarded(
             &mut headers,
+            names,
             Some(&peer_ip("127.0.0.1:4000".parse().unwrap())),
             "http",
             Some(HeaderValue::from_static("localhost:8080")),
@@ -188,5 +279,73 @@ mod tests {
         assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
         assert_eq!(headers[X_FORWARDED_HOST], "localhost:8080");
+    }
+
+    #[test]
+    fn one_pass_finds_what_the_rules_act_on() {
+        let none = map(&[("host", "a"), ("content-type", "b"), ("x-ms-date", "c")]);
+        assert_eq!(Names::of(&none), Names::default());
+        let found = Names::of(&map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "h"),
+            ("operation-location", "https://x/y"),
+            ("x_ms_date", "d"),
+            ("connection", "keep-alive"),
+        ]));
+        assert_eq!(
+            found,
+            Names {
+                hop_by_hop: true,
+                only_connection: true,
+                underscored: true,
+                forwarded_for: true,
+                forwarded_host: true,
+                location: true,
+            }
+        );
+        let found = Names::of(&map(&[("connection", "close"), ("te", "trailers")]));
+        assert!(found.hop_by_hop && !found.only_connection);
+    }
+
+    #[test]
+    fn a_lone_keep_alive_or_close_goes_and_so_does_what_connection_names() {
+        for value in ["keep-alive", " Close ", "KEEP-ALIVE"] {
+            let mut headers = map(&[("connection", value), ("content-type", "a")]);
+            let names = Names::of(&headers);
+            remove_hop_by_hop(&mut headers, names);
+            let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["content-type"], "{value}");
+        }
+        // Connection is the only hop-by-hop name here, but it lists another header.
+        let mut headers = map(&[("connection", "x-drop-me"), ("x-drop-me", "1"), ("a", "b")]);
+        let names = Names::of(&headers);
+        remove_hop_by_hop(&mut headers, names);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["a"]);
+        // Two Connection headers: the second may list names too.
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-drop-me"),
+            ("x-drop-me", "1"),
+        ]);
+        let names = Names::of(&headers);
+        remove_hop_by_hop(&mut headers, names);
+        assert!(headers.is_empty(), "{headers:?}");
+    }
+
+    #[test]
+    fn forwarded_headers_start_a_list_and_clear_a_stale_host() {
+        let mut headers = map(&[("x-forwarded-host", "spoofed")]);
+        let names = Names::of(&headers);
+        add_forwarded(
+            &mut headers,
+            names,
+            Some(&peer_ip("[::1]:4000".parse().unwrap())),
+            "https",
+            None,
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "::1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert!(!headers.contains_key(X_FORWARDED_HOST));
     }
 }

@@ -4,7 +4,7 @@
 //! What it does to a request: drops hop-by-hop headers and headers with `_` in their name,
 //! points the URI at the upstream (only
 //! the client's path and query are kept, so neither `Host` nor an absolute-form URI can steer
-//! it elsewhere), lets the client set `Host` to the upstream authority, adds `X-Forwarded-*`,
+//! it elsewhere), sets `Host` to the upstream authority, adds `X-Forwarded-*`,
 //! and passes everything else (`Authorization`, `x-ms-*`, `traceparent`…) untouched. The body
 //! is streamed, never collected.
 //!
@@ -41,6 +41,7 @@ use tower_http::timeout::TimeoutBody;
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::ErrorKind;
 use client::{Target, UpstreamClient};
+use headers::Names;
 use location::ClientOrigin;
 
 /// The body of every response the gateway sends: the upstream's, or the gateway's own.
@@ -188,17 +189,18 @@ where
         }
         let shared = &self.shared;
         let (mut parts, body) = request.into_parts();
-        let client_host = headers::client_host(&parts.headers, &parts.uri);
+        let names = Names::of(&parts.headers);
+        headers::remove_hop_by_hop(&mut parts.headers, names);
+        headers::remove_underscored(&mut parts.headers, names);
+        let client_host =
+            headers::replace_host(&mut parts.headers, &parts.uri, shared.target.host());
         let origin = client_host.clone().map(|host| ClientOrigin {
             scheme: shared.inbound_proto,
             host,
         });
-        headers::remove_hop_by_hop(&mut parts.headers);
-        headers::remove_underscored(&mut parts.headers);
-        // The client sets Host to the upstream's authority, as TLS SNI needs.
-        parts.headers.remove(http::header::HOST);
         headers::add_forwarded(
             &mut parts.headers,
+            names,
             self.peer_ip.as_ref(),
             shared.inbound_proto,
             client_host,
@@ -290,8 +292,9 @@ impl Future for ForwardFuture {
                     }
                 };
                 let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
-                if let Some(origin) = origin {
+                let names = Names::of(&parts.headers);
+                headers::remove_hop_by_hop(&mut parts.headers, names);
+                if let Some(origin) = origin.as_ref().filter(|_| names.location) {
                     location::rewrite(&mut parts.headers, &shared.upstream, origin);
                 }
                 let body = Either::Left(TimeoutBody::new(*body_idle, body));
