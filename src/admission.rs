@@ -22,6 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -29,31 +30,117 @@ use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, DrainingError, ErrorKind};
 
+/// The drain deadline of a shutdown: passed or not, and a way to wait for it. Clones share it.
+///
+/// Cheaper than a cancellation token on the request path: checking it is one atomic load, and
+/// a request registers to be woken only while it actually waits (for its response head, or
+/// for the next piece of a streaming body).
+#[derive(Clone, Default)]
+pub struct DrainDeadline {
+    inner: Arc<DrainState>,
+}
+
+#[derive(Default)]
+struct DrainState {
+    passed: AtomicBool,
+    // An `Arc` of its own: a waiting request's `OwnedNotified` holds one.
+    notify: Arc<Notify>,
+}
+
+impl DrainDeadline {
+    /// A deadline that has not passed.
+    pub fn new() -> Self {
+        DrainDeadline::default()
+    }
+
+    /// Marks the deadline passed and wakes every request waiting on it.
+    pub fn pass(&self) {
+        self.inner.passed.store(true, Ordering::Release);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Whether the deadline has passed.
+    pub fn has_passed(&self) -> bool {
+        self.inner.passed.load(Ordering::Acquire)
+    }
+
+    /// Ready once the deadline has passed. `waiter` holds the registration between polls;
+    /// it is made on the first poll, so a request that is never polled while waiting pays
+    /// only the atomic load.
+    fn poll_passed(
+        &self,
+        mut waiter: Pin<&mut Option<OwnedNotified>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.has_passed() {
+            return Poll::Ready(());
+        }
+        if waiter.is_none() {
+            // Made before the second look at the flag: `notify_waiters` wakes every
+            // `Notified` that exists when it runs, polled yet or not.
+            waiter.set(Some(Arc::clone(&self.inner.notify).notified_owned()));
+            if self.has_passed() {
+                return Poll::Ready(());
+            }
+        }
+        match waiter.as_pin_mut() {
+            Some(notified) => notified.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// Layer that applies [`Admission`].
 #[derive(Clone)]
 pub struct AdmissionLayer {
-    permits: Arc<Semaphore>,
-    drain_expired: CancellationToken,
+    in_flight: Arc<InFlight>,
+    drain: DrainDeadline,
     max_uri_bytes: usize,
+}
+
+/// Requests admitted and not yet finished, against the limit.
+struct InFlight {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// One admitted request's place under the in-flight limit, given back on drop.
+struct Permit(Arc<InFlight>);
+
+impl Permit {
+    /// A place, unless `max` requests are in flight already.
+    fn try_acquire(in_flight: &Arc<InFlight>) -> Option<Permit> {
+        let taken = in_flight.count.fetch_add(1, Ordering::Relaxed);
+        if taken >= in_flight.max {
+            in_flight.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Permit(Arc::clone(in_flight)))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AdmissionLayer {
     /// Admits at most `max_in_flight` requests at once, with URIs of at most `max_uri_bytes`;
-    /// `drain_expired` is cancelled when the drain deadline passes.
-    pub fn new(
-        max_in_flight: usize,
-        max_uri_bytes: usize,
-        drain_expired: CancellationToken,
-    ) -> Self {
+    /// requests still waiting when `drain` passes are cut short.
+    pub fn new(max_in_flight: usize, max_uri_bytes: usize, drain: DrainDeadline) -> Self {
         AdmissionLayer {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-            drain_expired,
+            in_flight: Arc::new(InFlight {
+                count: AtomicUsize::new(0),
+                max: max_in_flight,
+            }),
+            drain,
             max_uri_bytes,
         }
     }
@@ -100,21 +187,21 @@ where
             Some(kind)
         } else if uri_bytes > layer.max_uri_bytes {
             Some(ErrorKind::UriTooLong)
-        } else if layer.drain_expired.is_cancelled() {
+        } else if layer.drain.has_passed() {
             Some(ErrorKind::Draining)
         } else {
             None
         };
         let permit = match refusal {
-            None => Arc::clone(&layer.permits).try_acquire_owned().ok(),
+            None => Permit::try_acquire(&layer.in_flight),
             Some(_) => None,
         };
         let state = match (refusal, permit) {
             (None, Some(permit)) => State::Admitted {
                 inner: self.inner.call(request),
                 permit: Some(permit),
-                token: layer.drain_expired.clone(),
-                drain: layer.drain_expired.clone().cancelled_owned(),
+                drain: layer.drain.clone(),
+                waiter: None,
             },
             (refusal, _) => State::Refused {
                 kind: Some(refusal.unwrap_or(ErrorKind::Overloaded)),
@@ -159,10 +246,10 @@ pin_project! {
         Admitted {
             #[pin]
             inner: F,
-            permit: Option<OwnedSemaphorePermit>,
-            token: CancellationToken,
+            permit: Option<Permit>,
+            drain: DrainDeadline,
             #[pin]
-            drain: WaitForCancellationFutureOwned,
+            waiter: Option<OwnedNotified>,
         },
     }
 }
@@ -182,19 +269,20 @@ where
             StateProj::Admitted {
                 inner,
                 permit,
-                token,
                 drain,
+                waiter,
             } => {
                 if let Poll::Ready(Ok(response)) = inner.poll(cx) {
                     let (parts, body) = response.into_parts();
                     let body = AdmittedBody {
                         inner: Either::Left(body),
                         _permit: permit.take(),
-                        drain: Some(token.clone().cancelled_owned()),
+                        drain: Some(drain.clone()),
+                        waiter: None,
                     };
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
-                ready!(drain.poll(cx));
+                ready!(drain.poll_passed(waiter, cx));
                 // Dropping the future (with this state) drops the upstream call and the permit.
                 gateway_answer(ErrorKind::Draining)
             }
@@ -208,6 +296,7 @@ fn gateway_answer<B>(kind: ErrorKind) -> Response<AdmittedBody<B>> {
         inner: Either::Right(body),
         _permit: None,
         drain: None,
+        waiter: None,
     })
 }
 
@@ -217,9 +306,10 @@ pin_project! {
     pub struct AdmittedBody<B> {
         #[pin]
         inner: Either<B, Full<Bytes>>,
-        _permit: Option<OwnedSemaphorePermit>,
+        _permit: Option<Permit>,
+        drain: Option<DrainDeadline>,
         #[pin]
-        drain: Option<WaitForCancellationFutureOwned>,
+        waiter: Option<OwnedNotified>,
     }
 }
 
@@ -236,13 +326,22 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        if let Some(drain) = this.drain.as_mut().as_pin_mut() {
-            if drain.poll(cx).is_ready() {
-                this.drain.set(None);
-                return Poll::Ready(Some(Err(Box::new(DrainingError))));
-            }
+        // Checked before the inner body: a stream that always has data is cut all the same.
+        let cut = |drain: &mut Option<DrainDeadline>| {
+            *drain = None;
+            Poll::Ready(Some(Err::<Frame<Bytes>, BoxError>(Box::new(DrainingError))))
+        };
+        if this.drain.as_ref().is_some_and(DrainDeadline::has_passed) {
+            return cut(this.drain);
         }
-        this.inner.poll_frame(cx).map_err(Into::into)
+        let polled = this.inner.poll_frame(cx).map_err(Into::into);
+        if polled.is_pending()
+            && let Some(drain) = this.drain.as_ref()
+            && drain.poll_passed(this.waiter.as_mut(), cx).is_ready()
+        {
+            return cut(this.drain);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

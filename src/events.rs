@@ -35,11 +35,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
+use crate::admission::DrainDeadline;
 use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::error::{BoxError, ERROR_HEADER, ErrorKind};
@@ -547,12 +548,12 @@ impl EventsListener {
             config,
             None,
             metrics.protocol_rejections(),
-            CancellationToken::new(),
+            DrainDeadline::new(),
         );
         let task = tokio::spawn(server::serve(
             listener,
             policy,
-            move |peer| count.layer(forward.for_peer(&Peer::new(peer))),
+            move |peer| TowerToHyperService::new(count.layer(forward.for_peer(&Peer::new(peer)))),
             stopped,
         ));
         tracing::info!(%addr, webhook = %events.forward_to.authority, "events listener serving");

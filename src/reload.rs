@@ -22,7 +22,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,7 +32,7 @@ use tower::Service;
 use tower::util::{Oneshot, ServiceExt};
 
 use crate::access::AccessLog;
-use crate::admission::AdmissionLayer;
+use crate::admission::{AdmissionLayer, DrainDeadline};
 use crate::auth::SignLayer;
 use crate::body_rate::BodyRateLayer;
 use crate::breaker::BreakerLayer;
@@ -89,7 +88,7 @@ pub struct ReloadSummary {
 /// deadline's token.
 pub(crate) struct Shared {
     pub(crate) access_log: Option<AccessLog>,
-    pub(crate) drain_expired: CancellationToken,
+    pub(crate) drain_expired: DrainDeadline,
 }
 
 /// Everything the proxy's request path reads from the configuration, built in one piece.
@@ -210,7 +209,9 @@ impl<M, B> Reloading<M, B> {
     }
 }
 
-impl<M, S, B, R> Service<R> for Reloading<M, B>
+/// A hyper service (called by `&self`, with no readiness of its own): the stack's readiness
+/// is the stack's, and the `Oneshot` polls it before calling.
+impl<M, S, B, R> hyper::service::Service<R> for Reloading<M, B>
 where
     M: Fn(&Pipeline<B>, &Peer) -> S,
     S: Service<R>,
@@ -219,13 +220,7 @@ where
     type Error = S::Error;
     type Future = Oneshot<S, R>;
 
-    #[inline]
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        // Readiness belongs to the stack the request will run on; `Oneshot` polls it.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&self, request: R) -> Self::Future {
         let pipeline = self.current.load();
         (self.make)(&pipeline, &self.peer).oneshot(request)
     }

@@ -49,11 +49,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 use crate::access::AccessLog;
 use crate::admin::Admin;
-use crate::admission::Admission;
+use crate::admission::{Admission, DrainDeadline};
 use crate::auth::Sign;
 use crate::body_rate::RateService;
 use crate::breaker::Breaker;
@@ -147,7 +147,7 @@ impl Gateway {
             )?),
             None => None,
         };
-        let drain_expired = CancellationToken::new();
+        let drain_expired = DrainDeadline::new();
         let shared = Shared {
             access_log: AccessLog::start(config.access_log, &metrics)?,
             drain_expired: drain_expired.clone(),
@@ -190,7 +190,7 @@ impl Gateway {
         let admin_task = tokio::spawn(serve(
             admin,
             admin_policy,
-            move |_| admin_service.clone(),
+            move |_| TowerToHyperService::new(admin_service.clone()),
             admin_stopped,
         ));
         ready.store(true, Ordering::Release);
@@ -365,7 +365,7 @@ pub(crate) struct ConnectionPolicy {
     /// How long in-flight requests may take once shutdown starts.
     pub(crate) drain: Duration,
     /// Cancelled when the drain deadline passes.
-    pub(crate) drain_expired: CancellationToken,
+    pub(crate) drain_expired: DrainDeadline,
     // --- slow readers ---
     /// How long a write to the client may stay pending before the connection is ended.
     pub(crate) write_stall: Duration,
@@ -377,7 +377,7 @@ impl ConnectionPolicy {
         config: &Config,
         tls: Option<TlsAccept>,
         rejections: ProtocolRejections,
-        drain_expired: CancellationToken,
+        drain_expired: DrainDeadline,
     ) -> Self {
         let limits = &config.limits;
         ConnectionPolicy {
@@ -404,7 +404,7 @@ impl ConnectionPolicy {
             handshake_timeout: limits.handshake_timeout,
             rejections: None,
             drain: Duration::from_secs(1),
-            drain_expired: CancellationToken::new(),
+            drain_expired: DrainDeadline::new(),
             write_stall: header_read_timeout,
         }
     }
@@ -413,6 +413,10 @@ impl ConnectionPolicy {
 /// Accepts connections until `stop` fires, then drains them; see the [module docs](self).
 /// Each connection's TLS handshake and protocol detection run in its own task, so a slow
 /// client never holds up accepting.
+///
+/// `make_service` gives each connection its service: a hyper service, so that the proxy's
+/// runs each request on its stack without a second adapter and `Oneshot` in front
+/// ([`crate::reload`]); tower services go in through [`TowerToHyperService`].
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
     policy: ConnectionPolicy,
@@ -420,8 +424,7 @@ pub(crate) async fn serve<M, S, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -443,13 +446,10 @@ pub(crate) async fn serve<M, S, B>(
                     let _ = stream.set_nodelay(true);
                     // Set by the first request; until then the handshake deadline applies.
                     let started = Arc::new(AtomicBool::new(false));
-                    let flag = Arc::clone(&started);
-                    let service = TowerToHyperService::new(make_service(peer).map_request(
-                        move |request| {
-                            flag.store(true, Ordering::Relaxed);
-                            request
-                        },
-                    ));
+                    let service = MarkStarted {
+                        inner: make_service(peer),
+                        started: Arc::clone(&started),
+                    };
                     let guard = ConnectionGuard {
                         peer,
                         started,
@@ -498,9 +498,30 @@ pub(crate) async fn serve<M, S, B>(
         .is_err()
     {
         tracing::warn!(drain = ?policy.drain, "drain deadline passed; cutting the remaining requests short");
-        policy.drain_expired.cancel();
+        policy.drain_expired.pass();
         // Time for the 503s to be written and the cut bodies to abort their connections.
         let _ = tokio::time::timeout(Duration::from_millis(500), shutdown).await;
+    }
+}
+
+/// A connection's service that notes when its first request arrives (the handshake deadline
+/// stops applying then).
+struct MarkStarted<S> {
+    inner: S,
+    started: Arc<AtomicBool>,
+}
+
+impl<S, R> hyper::service::Service<R> for MarkStarted<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> S::Future {
+        self.started.store(true, Ordering::Relaxed);
+        self.inner.call(request)
     }
 }
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,7 +75,13 @@ async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, stop: watch::Receiver
         async move { Ok::<_, Infallible>(sim.answer(request).await) }
     });
     let policy = server::ConnectionPolicy::plain(Duration::from_secs(10));
-    server::serve(listener, policy, move |_| service.clone(), stop).await;
+    server::serve(
+        listener,
+        policy,
+        move |_| TowerToHyperService::new(service.clone()),
+        stop,
+    )
+    .await;
 }
 
 struct Sim {
