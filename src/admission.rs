@@ -388,4 +388,36 @@ mod tests {
         );
         assert_eq!(unforwardable(&request(Method::OPTIONS, "/sms", &[])), None);
     }
+
+    #[test]
+    fn the_in_flight_limit_counts_permits_until_they_drop() {
+        let layer = AdmissionLayer::new(2, 1024, DrainDeadline::new());
+        let first = Permit::try_acquire(&layer.in_flight).expect("room for one");
+        let second = Permit::try_acquire(&layer.in_flight).expect("room for two");
+        assert!(Permit::try_acquire(&layer.in_flight).is_none(), "full");
+        drop(first);
+        let third = Permit::try_acquire(&layer.in_flight).expect("a place came back");
+        drop((second, third));
+        assert_eq!(layer.in_flight.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_when_the_deadline_passes_is_woken() {
+        let drain = DrainDeadline::new();
+        let waiting = {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                let mut waiter = std::pin::pin!(None);
+                std::future::poll_fn(|cx| drain.poll_passed(waiter.as_mut(), cx)).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drain.pass();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert!(drain.has_passed());
+    }
 }
