@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod events;
+mod head_timeout;
 pub mod healthcheck;
 pub mod metrics;
 pub mod proxy;

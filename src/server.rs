@@ -62,6 +62,7 @@ use crate::classify::{Classify, PeekBody, PeekBodyLayer};
 use crate::config::{Config, Limits};
 use crate::error::BoxError;
 use crate::events::EventsListener;
+use crate::head_timeout::{Check, Progress, Track};
 use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::client::ClientError;
 use crate::proxy::{Forward, Peer};
@@ -324,18 +325,14 @@ pub(crate) fn local_addr(
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// HTTP/1.1 and h2c (prior knowledge) on one port. hyper enforces its header-read timeout only
-/// when a timer is set, so both protocols get one. For HTTP/1 the header-read timeout also
-/// closes keep-alive connections that stay idle that long.
-pub(crate) fn connection_builder(
-    header_read_timeout: Duration,
-    limits: &Limits,
-) -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 and h2c (prior knowledge) on one port. The HTTP/1.1 header-read timeout is the
+/// connection guard's (see [`crate::head_timeout`]), so hyper's is off; HTTP/2 gets hyper's timer for
+/// its keep-alive pings.
+pub(crate) fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -360,6 +357,8 @@ pub(crate) struct ConnectionPolicy {
     pub(crate) max_connections: Arc<Semaphore>,
     /// Accept → first request head.
     pub(crate) handshake_timeout: Duration,
+    /// How long a connection may wait for a request head (HTTP/1.1), from the first on.
+    pub(crate) header_read_timeout: Duration,
     /// Where refused connections and hyper's rejections are counted (proxy listener only).
     pub(crate) rejections: Option<ProtocolRejections>,
     /// How long in-flight requests may take once shutdown starts.
@@ -381,7 +380,8 @@ impl ConnectionPolicy {
     ) -> Self {
         let limits = &config.limits;
         ConnectionPolicy {
-            builder: connection_builder(config.header_read_timeout, limits),
+            builder: connection_builder(limits),
+            header_read_timeout: config.header_read_timeout,
             tls,
             max_connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshake_timeout: limits.handshake_timeout,
@@ -398,7 +398,8 @@ impl ConnectionPolicy {
     pub(crate) fn plain(header_read_timeout: Duration) -> Self {
         let limits = Limits::default();
         ConnectionPolicy {
-            builder: connection_builder(header_read_timeout, &limits),
+            builder: connection_builder(&limits),
+            header_read_timeout,
             tls: None,
             max_connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshake_timeout: limits.handshake_timeout,
@@ -444,16 +445,11 @@ pub(crate) async fn serve<M, S, B>(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    // Set by the first request; until then the handshake deadline applies.
-                    let started = Arc::new(AtomicBool::new(false));
-                    let service = MarkStarted {
-                        inner: make_service(peer),
-                        started: Arc::clone(&started),
-                    };
+                    let service = make_service(peer);
                     let guard = ConnectionGuard {
                         peer,
-                        started,
                         deadline: tokio::time::Instant::now() + policy.handshake_timeout,
+                        header_read_timeout: policy.header_read_timeout,
                         rejections: policy.rejections.clone(),
                         _permit: permit,
                     };
@@ -463,15 +459,17 @@ pub(crate) async fn serve<M, S, B>(
                     tokio::spawn(async move {
                         let Some(tls) = tls else {
                             let stream = WriteStall::new(stream, write_stall);
+                            let (progress, service) = Track::new(service);
                             let connection = builder.serve_connection(TokioIo::new(stream), service);
-                            return guard.run(watcher.watch(connection.into_owned())).await;
+                            return guard.run(progress, watcher.watch(connection.into_owned())).await;
                         };
                         match tokio::time::timeout_at(guard.deadline, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
                                 let stream = WriteStall::new(stream, write_stall);
+                                let (progress, service) = Track::new(service);
                                 let connection =
                                     builder.serve_connection(TokioIo::new(stream), service);
-                                guard.run(watcher.watch(connection.into_owned())).await;
+                                guard.run(progress, watcher.watch(connection.into_owned())).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -504,57 +502,61 @@ pub(crate) async fn serve<M, S, B>(
     }
 }
 
-/// A connection's service that notes when its first request arrives (the handshake deadline
-/// stops applying then).
-struct MarkStarted<S> {
-    inner: S,
-    started: Arc<AtomicBool>,
-}
-
-impl<S, R> hyper::service::Service<R> for MarkStarted<S>
-where
-    S: hyper::service::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, request: R) -> S::Future {
-        self.started.store(true, Ordering::Relaxed);
-        self.inner.call(request)
-    }
-}
-
 /// One accepted connection's bookkeeping: its permit under the connection cap, the deadline
 /// for its first request, and where its rejection (if any) is counted.
 struct ConnectionGuard {
     peer: SocketAddr,
-    started: Arc<AtomicBool>,
+    /// Accept → first request head.
     deadline: tokio::time::Instant,
+    /// Waiting for a request head (HTTP/1.1), from the first on; see [`crate::head_timeout`].
+    header_read_timeout: Duration,
     rejections: Option<ProtocolRejections>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl ConnectionGuard {
-    /// Serves `connection`, closing it if no request arrives before the deadline, and counts
-    /// how hyper ended it when that was a rejection.
-    async fn run<F>(self, connection: F)
+    /// Serves `connection`, closing it if no request head arrives before the handshake
+    /// deadline or the header-read timeout (an idle keep-alive connection is closed the same
+    /// way), and counts how it ended when that was a rejection.
+    async fn run<F>(self, progress: Arc<Progress>, connection: F)
     where
         F: std::future::Future<Output = Result<(), BoxError>>,
     {
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = &mut connection => result,
-            () = tokio::time::sleep_until(self.deadline) => {
-                if !self.started.load(Ordering::Relaxed) {
-                    count(&self.rejections, RejectionReason::HandshakeTimeout);
-                    return;
+        // One timer for the connection's life, re-armed only when it fires.
+        let timer = tokio::time::sleep_until(
+            self.deadline
+                .min(progress.opened() + self.header_read_timeout),
+        );
+        tokio::pin!(timer);
+        let mut watching = true;
+        let result = loop {
+            tokio::select! {
+                result = &mut connection => break result,
+                () = &mut timer, if watching => {
+                    let now = tokio::time::Instant::now();
+                    let started = progress.started();
+                    if !started && now >= self.deadline {
+                        count(&self.rejections, RejectionReason::HandshakeTimeout);
+                        return;
+                    }
+                    match progress.check(now, self.header_read_timeout) {
+                        Check::TimedOut { served } => {
+                            // After a request it is an idle keep-alive connection closing.
+                            if !served {
+                                count(&self.rejections, RejectionReason::HeaderTimeout);
+                            }
+                            return;
+                        }
+                        Check::At(at) if started => timer.as_mut().reset(at),
+                        Check::At(at) => timer.as_mut().reset(at.min(self.deadline)),
+                        Check::Never => watching = false,
+                    }
                 }
-                connection.await
             }
         };
         if let Err(error) = result {
-            let served = self.started.load(Ordering::Relaxed);
+            let served = progress.started();
             match rejection_reason(&*error, served) {
                 Some(reason) => count(&self.rejections, reason),
                 None => {
