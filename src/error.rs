@@ -158,7 +158,7 @@ impl ErrorKind {
             if e.is::<rustls::Error>() {
                 return ErrorKind::Tls;
             }
-            if e.is::<tower_http::timeout::TimeoutError>() || e.is::<tokio::time::error::Elapsed>()
+            if e.is::<crate::proxy::idle::BodyIdleError>() || e.is::<tokio::time::error::Elapsed>()
             {
                 return ErrorKind::Timeout;
             }

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod idle;
 pub mod location;
 
 use std::convert::Infallible;
@@ -36,16 +37,16 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Timeout;
 use tower::Service;
-use tower_http::timeout::TimeoutBody;
 
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::ErrorKind;
 use client::{Target, UpstreamClient};
 use headers::Names;
+use idle::IdleTimeoutBody;
 use location::ClientOrigin;
 
 /// The body of every response the gateway sends: the upstream's, or the gateway's own.
-pub type ProxyBody = Either<TimeoutBody<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<IdleTimeoutBody<Incoming>, Full<Bytes>>;
 
 /// Where requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,7 +298,7 @@ impl Future for ForwardFuture {
                 if let Some(origin) = origin.as_ref().filter(|_| names.location) {
                     location::rewrite(&mut parts.headers, &shared.upstream, origin);
                 }
-                let body = Either::Left(TimeoutBody::new(*body_idle, body));
+                let body = Either::Left(IdleTimeoutBody::new(*body_idle, body));
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
         }
