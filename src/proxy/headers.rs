@@ -65,15 +65,15 @@ fn has_underscore(name: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const UNDERSCORES: u64 = u64::from_ne_bytes([b'_'; 8]);
-    let mut words = name.chunks_exact(8);
-    let found = words.by_ref().any(|word| {
+    // The last word is padded with zero bytes, which are not `_`.
+    let in_word = |word: &[u8]| {
         let mut bytes = [0; 8];
-        bytes.copy_from_slice(word);
+        bytes[..word.len()].copy_from_slice(word);
         // A zero byte in `word ^ "________"` is a `_` in `word`.
         let x = u64::from_ne_bytes(bytes) ^ UNDERSCORES;
         x.wrapping_sub(ONES) & !x & HIGHS != 0
-    });
-    found || words.remainder().iter().any(|&b| b == b'_')
+    };
+    name.chunks(8).any(in_word)
 }
 
 /// `X-Forwarded-For`.
