@@ -61,19 +61,21 @@ impl Names {
 
 /// Whether `name` has a `_`, eight bytes at a time: names are short, and memchr's call costs
 /// more than the search.
+// `contains` on the last bytes would be that memchr call.
+#[allow(clippy::manual_contains)]
 fn has_underscore(name: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const UNDERSCORES: u64 = u64::from_ne_bytes([b'_'; 8]);
-    // The last word is padded with zero bytes, which are not `_`.
-    let in_word = |word: &[u8]| {
+    let mut words = name.chunks_exact(8);
+    let found = words.by_ref().any(|word| {
         let mut bytes = [0; 8];
-        bytes[..word.len()].copy_from_slice(word);
+        bytes.copy_from_slice(word);
         // A zero byte in `word ^ "________"` is a `_` in `word`.
         let x = u64::from_ne_bytes(bytes) ^ UNDERSCORES;
         x.wrapping_sub(ONES) & !x & HIGHS != 0
-    };
-    name.chunks(8).any(in_word)
+    });
+    found || words.remainder().iter().any(|&b| b == b'_')
 }
 
 /// `X-Forwarded-For`.
