@@ -1,7 +1,8 @@
 //! Naming the operation of a request.
 //!
 //! - [`ClassifyLayer`] looks the method, path and `api-version` up in the [`Catalogue`] and
-//!   stores the [`Classification`] in the request's extensions. It never touches the body.
+//!   hands the [`Classification`] on with the request ([`Classified`]). It never touches the
+//!   body.
 //! - [`PeekBodyLayer`] handles the few operations that only the body can tell apart (Rooms
 //!   `PATCH …/participants`): it reads at most [`PEEK_LIMIT`] bytes of such a body, applies the
 //!   catalogue's body rule, and replays every frame it read to the inner service unchanged, so
@@ -54,7 +55,20 @@ impl<S> Layer<S> for ClassifyLayer {
     }
 }
 
-/// Service that inserts the request's [`Classification`] into its extensions.
+/// A request with its [`Classification`], as [`Classify`] hands it to the service inside it
+/// (the record layer).
+pub struct Classified<R> {
+    /// What the catalogue named the request.
+    pub classification: Classification,
+    /// The request.
+    pub request: R,
+}
+
+/// Service that names each request's operation and hands both on as [`Classified`].
+///
+/// The layers further in that read the classification (the body rule of [`PeekBody`], the
+/// `Bad Route` check of a forwarder that rejects them) find it in the request's extensions,
+/// put there only for such requests: an extensions map costs three allocations.
 #[derive(Clone)]
 pub struct Classify<S> {
     inner: S,
@@ -63,7 +77,7 @@ pub struct Classify<S> {
 
 impl<S, B> Service<Request<B>> for Classify<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Classified<Request<B>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -79,8 +93,14 @@ where
         let classification = self
             .catalogue
             .classify(request.method(), uri.path(), uri.query());
-        request.extensions_mut().insert(classification);
-        self.inner.call(request)
+        // A `Bad Route` is the classification without a template.
+        if classification.body_rule.is_some() || classification.template.is_none() {
+            request.extensions_mut().insert(classification.clone());
+        }
+        self.inner.call(Classified {
+            classification,
+            request,
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`RecordLayer`]: records every request exactly once.
 //!
-//! The request must carry a [`Classification`] extension (see [`crate::classify`]). On `call`
-//! a guard is created that counts the request as in flight; it records the request when
-//! the response body ends, when it fails, or when it is dropped, whichever comes first:
+//! Each request comes [`Classified`] (see [`crate::classify`]). On `call` a guard is created
+//! that counts the request as in flight; it records the request when the response body ends,
+//! when it fails, or when it is dropped, whichever comes first:
 //!
 //! - the client goes away before the response head is ready: the service future is dropped,
 //!   and the request is recorded with status `499` and kind `client_abort`;
@@ -39,7 +39,8 @@ use tracing::Span;
 
 use super::{OperationMetrics, OperationTable};
 use crate::access::{self, AccessLog, Entry, Outcome};
-use crate::catalogue::{Classification, OperationId};
+use crate::catalogue::OperationId;
+use crate::classify::Classified;
 use crate::error::{BoxError, ErrorKind};
 
 /// Response extension by which an inner layer says the request body changed its operation
@@ -102,7 +103,7 @@ pub struct Record<S> {
     peer: Option<SocketAddr>,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Record<S>
+impl<S, ReqBody, ResBody> Service<Classified<Request<ReqBody>>> for Record<S>
 where
     S: Service<Request<CountBody<ReqBody>>, Response = Response<ResBody>, Error = Infallible>,
 {
@@ -115,14 +116,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, classified: Classified<Request<ReqBody>>) -> Self::Future {
         let start = Instant::now();
-        // The classify layer always runs first; an unclassified request is a wiring bug, and
-        // recording it under no operation would make it vanish from the counts.
-        let classification = request
-            .extensions()
-            .get::<Classification>()
-            .expect("Record must run behind Classify");
+        let Classified {
+            classification,
+            request,
+        } = classified;
         let mut guard = Guard::new(Arc::clone(&self.table), classification.operation, start);
         let (api, operation) = guard.metrics().names();
         let template = classification.template.map(|id| self.table.template(id));
@@ -373,9 +372,12 @@ mod tests {
         let catalogue = Catalogue::builtin();
         let metrics = Metrics::new(DEFAULT_BUCKETS.to_vec()).unwrap();
         let table = Arc::new(metrics.bind(&catalogue));
-        let mut request = Request::post("/sms").body(()).unwrap();
+        let request = Request::post("/sms").body(()).unwrap();
         let classification = catalogue.classify(request.method(), "/sms", None);
-        request.extensions_mut().insert(classification);
+        let request = Classified {
+            classification,
+            request,
+        };
         let failing = tower::service_fn(|_: Request<CountBody<()>>| async {
             panic!("a bug below the record layer");
             #[allow(unreachable_code)]
