@@ -154,12 +154,17 @@ impl<B> Clone for UpstreamClient<B> {
 
 struct Inner<B> {
     connector: Connector,
+    /// One lock for both kinds: a request takes and gives back under it once each.
+    pool: Mutex<Pool<B>>,
+    idle_timeout: Duration,
+}
+
+struct Pool<B> {
     /// The shared HTTP/2 connection, when the upstream negotiated h2.
-    h2: Mutex<Option<http2::SendRequest<B>>>,
+    h2: Option<http2::SendRequest<B>>,
     /// HTTP/1.1 connections, busy (a response body still streaming) or idle; the most
     /// recently returned last.
-    h1: Mutex<Vec<Pooled<B>>>,
-    idle_timeout: Duration,
+    h1: Vec<Pooled<B>>,
 }
 
 struct Pooled<B> {
@@ -205,8 +210,10 @@ where
 
     let inner = Arc::new(Inner {
         connector,
-        h2: Mutex::new(None),
-        h1: Mutex::new(Vec::new()),
+        pool: Mutex::new(Pool {
+            h2: None,
+            h1: Vec::new(),
+        }),
         idle_timeout: settings.pool_idle_timeout,
     });
     // Outside a runtime (a config check) there is nothing to reap.
@@ -231,7 +238,7 @@ async fn reap_idle<B: Send + 'static>(inner: Weak<Inner<B>>) {
         };
         let now = Instant::now();
         // Closed, or idle (ready, not streaming a body) for the whole timeout: gone.
-        lock(&inner.h1).retain(|c| {
+        lock(&inner.pool).h1.retain(|c| {
             let idle_too_long = c.sender.is_ready() && now - c.returned >= inner.idle_timeout;
             !(c.sender.is_closed() || idle_too_long)
         });
@@ -248,9 +255,9 @@ where
     B::Error: Into<BoxError>,
 {
     /// Sends `request` (its URI: path and query only) to `target`.
-    pub fn request(&self, request: Request<B>, target: &Target) -> ResponseFuture {
+    pub fn request(&self, request: Request<B>, target: &Arc<Target>) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
-        let target = target.clone();
+        let target = Arc::clone(target);
         Box::pin(async move {
             let mut request = request;
             // After a refused send the retry connects afresh, so it happens at most once.
@@ -307,15 +314,13 @@ where
 {
     /// A ready pooled connection, dropping closed ones on the way.
     fn take(&self) -> Option<Taken<B>> {
-        {
-            let mut h2 = lock(&self.h2);
-            match h2.as_ref() {
-                Some(sender) if sender.is_closed() => *h2 = None,
-                Some(sender) => return Some(Taken::H2(sender.clone())),
-                None => {}
-            }
+        let mut pool = lock(&self.pool);
+        match pool.h2.as_ref() {
+            Some(sender) if sender.is_closed() => pool.h2 = None,
+            Some(sender) => return Some(Taken::H2(sender.clone())),
+            None => {}
         }
-        let mut h1 = lock(&self.h1);
+        let h1 = &mut pool.h1;
         // Newest first: the most recently returned connection is the likeliest to be idle.
         let mut i = h1.len();
         while i > 0 {
@@ -330,7 +335,7 @@ where
     }
 
     fn give_back(&self, sender: http1::SendRequest<B>) {
-        lock(&self.h1).push(Pooled {
+        lock(&self.pool).h1.push(Pooled {
             sender,
             returned: Instant::now(),
         });
@@ -357,7 +362,7 @@ where
                     tracing::debug!(%error, "upstream h2 connection ended");
                 }
             });
-            *lock(&self.h2) = Some(sender.clone());
+            lock(&self.pool).h2 = Some(sender.clone());
             Ok(Taken::H2(sender))
         } else {
             let (sender, connection) = http1::handshake(io).await.map_err(SendError::Send)?;

@@ -106,7 +106,7 @@ pub struct Forward<B> {
 
 struct ForwardShared {
     upstream: Upstream,
-    target: Target,
+    target: Arc<Target>,
     timeouts: ForwardTimeouts,
     bad_route: BadRoutePolicy,
     catalogue: Arc<Catalogue>,
@@ -136,7 +136,10 @@ impl<B> Forward<B> {
         Forward {
             client,
             shared: Arc::new(ForwardShared {
-                target: Target::new(upstream.scheme.clone(), upstream.authority.clone()),
+                target: Arc::new(Target::new(
+                    upstream.scheme.clone(),
+                    upstream.authority.clone(),
+                )),
                 upstream,
                 timeouts,
                 bad_route,
