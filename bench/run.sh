@@ -30,7 +30,7 @@ if [ "$QUICK" = 1 ]; then   # about 2 minutes
 else                        # about 9.5 minutes
   : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
-TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate"}
+TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate hyper-floor"}
 CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
 PACED_RATE=${PACED_RATE:-2000}      # req/s of the paced latency run
 STREAM_MIB=${STREAM_MIB:-1024}      # streaming check body size
@@ -39,6 +39,7 @@ BASE_PORT=${BASE_PORT:-28180}       # below the ephemeral range (32768+)
 PROXY_CPU=${PROXY_CPU:-1}           # the proxy's core; wrk and the upstream get LOAD_CPU
 LOAD_CPU=${LOAD_CPU:-0}
 ACSGATE_BIN=${ACSGATE_BIN:-}        # default: target/release/acsgate (built unless --no-build)
+FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_floor (likewise)
 
 # ----------------------------------------------------------------------- prerequisites ----
 need=()
@@ -61,6 +62,10 @@ if [ -z "$ACSGATE_BIN" ]; then
   if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --bin acsgate); fi
 fi
 [ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
+if [[ " $TARGETS " == *" hyper-floor "* ]] && [ -z "$FLOOR_BIN" ]; then
+  FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"
+  if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --example hyper_floor); fi
+fi
 
 TMP="$(mktemp -d -t acsgate-bench.XXXXXX)"
 chmod 755 "$TMP"   # nginx workers (www-data) read the streaming file from here
@@ -71,7 +76,7 @@ echo "bench: results in $TMP" >&2
 UP=$BASE_PORT
 declare -A LISTEN=([direct]=$UP [nginx]=$((UP + 1)) [haproxy]=$((UP + 3)) [caddy]=$((UP + 5))
                    [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)) [nginx-stream]=$((UP + 1))
-                   [socat]=$((UP + 11)))
+                   [socat]=$((UP + 11)) [hyper-floor]=$((UP + 12)))
 # Streaming paths by target (nginx-stream is nginx's unbuffered /stream/ location).
 declare -A STREAM_PREFIX=([nginx-stream]=/stream)
 declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7)))
@@ -161,6 +166,8 @@ start_target() {
       render Caddyfile "${LISTEN[caddy]}" "" "${ADMIN[caddy]}"
       start "$cpus" caddy env GOMAXPROCS=1 HOME="$TMP" XDG_DATA_HOME="$TMP" XDG_CONFIG_HOME="$TMP" \
         caddy run --adapter caddyfile --config "$TMP/Caddyfile" ;;
+    hyper-floor) # the floor of any proxy built on hyper (examples/hyper_floor.rs)
+      start "$cpus" hyper-floor "$FLOOR_BIN" "127.0.0.1:${LISTEN[$name]}" "127.0.0.1:$UP" ;;
     acsgate|acsgate-2t)
       local threads=1; [ "$name" = acsgate-2t ] && threads=2
       start "$cpus" "$name" env RUST_LOG=warn "$ACSGATE_BIN" --worker-threads "$threads" \
