@@ -532,6 +532,8 @@ impl ConnectionGuard {
         let mut watching = true;
         let result = loop {
             tokio::select! {
+                // In order: no random pick per wake, and the connection comes first.
+                biased;
                 result = &mut connection => break result,
                 () = &mut timer, if watching => {
                     let now = tokio::time::Instant::now();
