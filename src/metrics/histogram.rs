@@ -6,7 +6,10 @@
 //! that a scrape can take a snapshot in which `_count` and `_sum` agree exactly. This one
 //! does two: a `fetch_add` on the bucket the observation falls in and one on the sum,
 //! kept in integer nanoseconds. The count is not kept at all: a scrape adds up the
-//! buckets, `+Inf` included.
+//! buckets, `+Inf` included. In the `classify + record` bench (callgrind, instructions per
+//! call, a 1.5 ms observation) `OperationMetrics::record` went from 111 to 100, of which
+//! the observation from 37 (`Histogram::observe`) to 26; the atomic read-modify-writes,
+//! which cost far more cycles than their instruction count says, from five to two.
 //!
 //! # What a concurrent scrape sees
 //!
@@ -36,8 +39,10 @@
 //! As Prometheus: an observation goes in the first bucket whose `le` it does not exceed,
 //! comparing `Duration::as_secs_f64()` with the bound, exactly as the crate did. Each bound
 //! is converted once, at creation, to the least whole number of nanoseconds that exceeds
-//! it, so placing an observation compares integers (a linear scan: the short bucket list
-//! is scanned from the fastest bucket, where most requests land, and stops there).
+//! it, so placing an observation compares integers. The scan is linear, from the fastest
+//! bucket, where most requests land: with the 17 default buckets `record` costs 100
+//! instructions for an observation in the first bucket and 149 in the eighth (300 ms),
+//! where a binary search (`partition_point`) costs 165 wherever the observation lands.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
