@@ -55,7 +55,7 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 /// A histogram family of durations, by label values: what `prometheus::HistogramVec` was,
 /// with a cheaper [`DurationHistogram::observe`] and the same exposition.
 #[derive(Clone)]
-pub struct DurationHistogramVec {
+pub(crate) struct DurationHistogramVec {
     family: Arc<Family>,
 }
 
@@ -71,7 +71,7 @@ struct Family {
 
 /// One series of a [`DurationHistogramVec`]: a cheap handle to share.
 #[derive(Clone)]
-pub struct DurationHistogram {
+pub(crate) struct DurationHistogram {
     core: Arc<Core>,
 }
 
@@ -101,7 +101,7 @@ impl DurationHistogramVec {
     /// # Errors
     /// As the crate's `HistogramVec::new`: an invalid name or label name, a label named
     /// `le`, or bounds that do not increase.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         help: &str,
         labels: &[&str],
@@ -147,7 +147,7 @@ impl DurationHistogramVec {
     ///
     /// # Panics
     /// If the number of values is not the number of label names.
-    pub fn with_label_values(&self, values: &[&str]) -> DurationHistogram {
+    pub(crate) fn with_label_values(&self, values: &[&str]) -> DurationHistogram {
         let names = &self.family.desc.variable_labels;
         assert_eq!(
             values.len(),
@@ -174,7 +174,7 @@ impl DurationHistogramVec {
     ///
     /// # Errors
     /// If a label name is missing, or there is no such series.
-    pub fn remove(&self, labels: &HashMap<&str, &str>) -> Result<(), prometheus::Error> {
+    pub(crate) fn remove(&self, labels: &HashMap<&str, &str>) -> Result<(), prometheus::Error> {
         let desc = &self.family.desc;
         if labels.len() != desc.variable_labels.len() {
             return Err(prometheus::Error::InconsistentCardinality {
@@ -266,7 +266,7 @@ impl DurationHistogram {
 
     /// Records one duration: two relaxed `fetch_add`s, no lock, no allocation.
     #[inline]
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         // Over 584 years saturates; it lands in +Inf either way.
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let core = &*self.core;
@@ -493,6 +493,38 @@ mod tests {
             "_bucket{api=\"chat\",operation=\"Send\",status_subclass=\"2xx\",le=\"+Inf\"}"
         ));
         assert_eq!(ours, theirs);
+    }
+
+    /// Scrapes racing observations: every scrape is cumulative, and `_count` and `_sum` never
+    /// go back; once the observers are done, nothing is lost.
+    #[test]
+    fn concurrent_scrapes_only_see_growth() {
+        let histogram = family(&[], &[0.001, 0.002]);
+        let child = histogram.with_label_values(&[]);
+        let (threads, each) = (4, 20_000u64);
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let child = child.clone();
+                scope.spawn(move || {
+                    for i in 0..each {
+                        child.observe(Duration::from_micros((i + thread) % 3_000));
+                    }
+                });
+            }
+            let (mut count, mut sum) = (0, 0.0);
+            for _ in 0..200 {
+                let (buckets, next_count, next_sum) = snapshot(&histogram);
+                assert!(buckets[0].1 <= buckets[1].1 && buckets[1].1 <= next_count);
+                assert!(next_count >= count && next_sum >= sum);
+                (count, sum) = (next_count, next_sum);
+            }
+        });
+        let (_, count, sum) = snapshot(&histogram);
+        assert_eq!(count, threads * each);
+        let micros: u64 = (0..threads)
+            .flat_map(|thread| (0..each).map(move |i| (i + thread) % 3_000))
+            .sum();
+        assert_eq!(sum, micros as f64 / 1e6);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use http::StatusCode;
 use prometheus::core::{Collector, Desc};
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-pub use histogram::{DurationHistogram, DurationHistogramVec};
+use histogram::{DurationHistogram, DurationHistogramVec};
 pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
 
 use crate::catalogue::{Catalogue, OperationId, TemplateId};
