@@ -9,6 +9,7 @@
 //! Children are created lazily, on the first request that needs them, so `/metrics` lists only
 //! series that have data.
 
+mod histogram;
 mod layer;
 mod text;
 
@@ -20,11 +21,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use prometheus::core::{Collector, Desc};
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use histogram::{DurationHistogram, DurationHistogramVec};
 pub use layer::{Reclassified, Record, RecordBody, RecordLayer, ResponseFuture};
 
 use crate::catalogue::{Catalogue, OperationId, TemplateId};
@@ -72,8 +71,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     /// What the registry collects for `requests` and `duration`: a reload may replace them.
     requests_slot: Arc<ArcSwap<IntCounterVec>>,
-    duration_slot: Arc<ArcSwap<HistogramVec>>,
-    duration: HistogramVec,
+    duration_slot: Arc<ArcSwap<DurationHistogramVec>>,
+    duration: DurationHistogramVec,
     in_flight: IntGaugeVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
@@ -449,7 +448,7 @@ pub struct OperationMetrics {
     api: Arc<ApiMetrics>,
     families: Metrics,
     requests: [OnceLock<IntCounter>; STATUS_SLOTS],
-    durations: [OnceLock<Histogram>; 5],
+    durations: [OnceLock<DurationHistogram>; 5],
     errors: [OnceLock<IntCounter>; ErrorKind::ALL.len()],
     retired: AtomicBool,
 }
@@ -497,7 +496,7 @@ impl OperationMetrics {
                     family.with_label_values(&[api, class])
                 }
             })
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed);
         if let Some(kind) = error {
             self.errors[kind.index()]
                 .get_or_init(|| {
@@ -529,19 +528,17 @@ fn requests_family(options: &MetricsOptions) -> Result<IntCounterVec, prometheus
     )
 }
 
-fn duration_family(options: &MetricsOptions) -> Result<HistogramVec, prometheus::Error> {
+fn duration_family(options: &MetricsOptions) -> Result<DurationHistogramVec, prometheus::Error> {
     let labels: &[&str] = if options.duration_operation_label {
         &["api", "operation", "status_subclass"]
     } else {
         &["api", "status_subclass"]
     };
-    HistogramVec::new(
-        HistogramOpts::new(
-            "acsgate_request_duration_seconds",
-            "Time from request head received to response body end, in seconds.",
-        )
-        .buckets(options.duration_buckets.clone()),
+    DurationHistogramVec::new(
+        "acsgate_request_duration_seconds",
+        "Time from request head received to response body end, in seconds.",
         labels,
+        &options.duration_buckets,
     )
 }
 
