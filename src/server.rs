@@ -44,7 +44,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -434,7 +434,7 @@ pub(crate) async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -455,14 +455,14 @@ pub(crate) async fn serve<M, S, B>(
                         _permit: permit,
                     };
                     let (builder, tls, watcher) =
-                        (policy.builder.clone(), policy.tls.clone(), graceful.watcher());
+                        (policy.builder.clone(), policy.tls.clone(), drain.watcher());
                     let write_stall = policy.write_stall;
                     tokio::spawn(async move {
                         let Some(tls) = tls else {
                             let stream = WriteStall::new(stream, write_stall);
                             let (progress, service) = Track::new(service);
                             let connection = builder.serve_connection(TokioIo::new(stream), service);
-                            return guard.run(progress, watcher.watch(connection.into_owned())).await;
+                            return guard.run(progress, watcher, connection.into_owned()).await;
                         };
                         match tokio::time::timeout_at(guard.deadline, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
@@ -470,7 +470,7 @@ pub(crate) async fn serve<M, S, B>(
                                 let (progress, service) = Track::new(service);
                                 let connection =
                                     builder.serve_connection(TokioIo::new(stream), service);
-                                guard.run(progress, watcher.watch(connection.into_owned())).await;
+                                guard.run(progress, watcher, connection.into_owned()).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -490,7 +490,7 @@ pub(crate) async fn serve<M, S, B>(
         }
     }
     drop(listener);
-    let shutdown = graceful.shutdown();
+    let shutdown = drain.shutdown();
     tokio::pin!(shutdown);
     if tokio::time::timeout(policy.drain, &mut shutdown)
         .await
@@ -500,6 +500,47 @@ pub(crate) async fn serve<M, S, B>(
         policy.drain_expired.pass();
         // Time for the 503s to be written and the cut bodies to abort their connections.
         let _ = tokio::time::timeout(Duration::from_millis(500), shutdown).await;
+    }
+}
+
+/// Tells every connection of a listener to finish, and waits until they have: what
+/// hyper-util's `GracefulShutdown` does, with a flag beside its watch channel so that a busy
+/// connection checks the signal with one atomic load per wake instead of polling the
+/// channel's `changed()` future each time (callgrind: about 400 instructions per request).
+struct Drain {
+    started: Arc<AtomicBool>,
+    /// Each connection holds a receiver until it ends; `closed` is every connection gone.
+    tx: watch::Sender<()>,
+}
+
+/// One connection's end of a [`Drain`].
+struct DrainWatcher {
+    started: Arc<AtomicBool>,
+    rx: watch::Receiver<()>,
+}
+
+impl Drain {
+    fn new() -> Self {
+        Drain {
+            started: Arc::new(AtomicBool::new(false)),
+            tx: watch::channel(()).0,
+        }
+    }
+
+    fn watcher(&self) -> DrainWatcher {
+        DrainWatcher {
+            started: Arc::clone(&self.started),
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Asks every connection to finish, then waits until the last one has ended.
+    async fn shutdown(self) {
+        // Set before the wake-up, so a woken connection sees it.
+        self.started.store(true, Ordering::Release);
+        // No receiver left means no connection left: nothing to tell.
+        let _ = self.tx.send(());
+        self.tx.closed().await;
     }
 }
 
@@ -519,9 +560,9 @@ impl ConnectionGuard {
     /// Serves `connection`, closing it if no request head arrives before the handshake
     /// deadline or the header-read timeout (an idle keep-alive connection is closed the same
     /// way), and counts how it ended when that was a rejection.
-    async fn run<F>(self, progress: Arc<Progress>, connection: F)
+    async fn run<C>(self, progress: Arc<Progress>, drain: DrainWatcher, connection: C)
     where
-        F: std::future::Future<Output = Result<(), BoxError>>,
+        C: GracefulConnection<Error = BoxError>,
     {
         tokio::pin!(connection);
         // One timer for the connection's life, re-armed only when it fires.
@@ -537,8 +578,22 @@ impl ConnectionGuard {
         // connection instead re-registered the waker each time (callgrind: about 500
         // instructions per request).
         let mut registered = false;
+        // The drain signal works the same way: its `changed()` is polled once to register,
+        // then again only after the flag says the drain has started.
+        let DrainWatcher { started, mut rx } = drain;
+        let drain_started = rx.changed();
+        tokio::pin!(drain_started);
+        let (mut drain_registered, mut draining) = (false, false);
         let result = loop {
             let fired = std::future::poll_fn(|cx| {
+                if !draining && (!drain_registered || started.load(Ordering::Acquire)) {
+                    if drain_started.as_mut().poll(cx).is_ready() {
+                        // HTTP/1 closes after the current response, HTTP/2 sends GOAWAY.
+                        connection.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                    drain_registered = true;
+                }
                 // The connection comes first: a request head that arrives with the deadline
                 // is served.
                 if let Poll::Ready(result) = connection.as_mut().poll(cx) {

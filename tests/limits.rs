@@ -277,9 +277,21 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     // The admin port answers during the drain.
     let (response, _) = send(&h1_client(), request(Method::GET, admin, "/readyz", "")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    for call in calls {
+    for (i, call) in calls.into_iter().enumerate() {
         let (response, _) = call.await.unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
+        if i < 5 {
+            // The drain reached each HTTP/1.1 connection: its last response closes it.
+            assert_eq!(
+                response
+                    .headers()
+                    .get(http::header::CONNECTION)
+                    .map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "{:?}",
+                response.headers()
+            );
+        }
     }
     let gw = drain.await.unwrap();
     // After the drain, the final counts are still there to scrape.
