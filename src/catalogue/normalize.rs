@@ -18,15 +18,16 @@ thread_local! {
     static BUF: RefCell<String> = RefCell::new(String::with_capacity(BUF_INITIAL));
 }
 
-/// Writes the normalised, lower-cased form of a raw request path into `out`.
+/// Writes the normalised, lower-cased form of a raw request path into `out`;
+/// `clean` is [`is_clean`]`(path)`, which the caller has already worked out.
 ///
 /// Empty segments are skipped, which collapses `//` runs and drops a trailing
 /// `/`; the result always starts with `/`. Nothing is percent-decoded, so
 /// `%3A` can never become a verb colon. Lower-casing is ASCII only, so param
 /// values keep their UTF-8 bytes valid.
-pub(super) fn normalize_into(path: &str, out: &mut String) {
+fn normalize_into(path: &str, clean: bool, out: &mut String) {
     out.clear();
-    if is_clean(path) {
+    if clean {
         // The common case: one copy, no per-segment work.
         out.push_str(path);
     } else {
@@ -67,13 +68,48 @@ fn has_double_slash(path: &str) -> bool {
     slashes & (slashes >> 8) != 0
 }
 
-/// Runs `f` on the normalised path without allocating: a thread-local buffer
-/// is reused. Falls back to a fresh `String` if the buffer is unavailable
-/// (re-entrant call, or a thread-local destructor running), so it never panics.
+/// Whether `bytes` holds an ASCII upper-case letter, tested eight bytes at a time.
+fn has_ascii_uppercase(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 0xff;
+    // High bit of each byte set exactly where that byte is in 'A'..='Z': the low seven
+    // bits plus a bias carry into the high bit at 'A' and again past 'Z' (no byte
+    // overflows into the next), and bytes with the high bit set (non-ASCII) are left out.
+    let upper = |word: &[u8]| {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
+            return 0;
+        };
+        let x = u64::from_le_bytes(word);
+        let low = x & (ONES * 0x7f);
+        let from_a = low + ONES * u64::from(0x80 - b'A');
+        let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
+        from_a & !past_z & !x & (ONES * 0x80)
+    };
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return bytes.iter().any(u8::is_ascii_uppercase);
+    };
+    // No early exit: fewer branches, and the tail is the last eight bytes again
+    // (overlapping) rather than a padded copy, which cost a `memcpy` call.
+    let mut found = upper(&bytes[last..]);
+    for chunk in bytes.chunks_exact(8) {
+        found |= upper(chunk);
+    }
+    found != 0
+}
+
+/// Runs `f` on the normalised path without allocating. A path that is already
+/// normal (clean and without upper-case letters, as most SDK paths are) is
+/// passed as it is; any other is normalised into a reused thread-local buffer,
+/// or a fresh `String` if the buffer is unavailable (re-entrant call, or a
+/// thread-local destructor running), so it never panics.
 pub(super) fn with_normalized<R>(path: &str, f: impl Fn(&str) -> R) -> R {
+    let clean = is_clean(path);
+    if clean && !has_ascii_uppercase(path.as_bytes()) {
+        // Copying and lower-casing was about a quarter of `classify`.
+        return f(path);
+    }
     let reused = BUF.try_with(|cell| {
         let mut buf = cell.try_borrow_mut().ok()?;
-        normalize_into(path, &mut buf);
+        normalize_into(path, clean, &mut buf);
         let result = f(&buf);
         if buf.capacity() > BUF_KEEP_MAX {
             *buf = String::with_capacity(BUF_INITIAL);
@@ -84,7 +120,7 @@ pub(super) fn with_normalized<R>(path: &str, f: impl Fn(&str) -> R) -> R {
         Ok(Some(result)) => result,
         _ => {
             let mut own = String::with_capacity(path.len() + 1);
-            normalize_into(path, &mut own);
+            normalize_into(path, clean, &mut own);
             f(&own)
         }
     }
@@ -225,8 +261,13 @@ mod tests {
     use super::*;
 
     fn norm(p: &str) -> String {
+        with_normalized(p, str::to_owned)
+    }
+
+    /// The copying path, whatever the input.
+    fn copied(p: &str) -> String {
         let mut s = String::new();
-        normalize_into(p, &mut s);
+        normalize_into(p, is_clean(p), &mut s);
         s
     }
 
@@ -252,6 +293,50 @@ mod tests {
         );
         // non-ASCII passes through untouched
         assert_eq!(norm("/Rooms/Ünï/x"), "/rooms/Ünï/x");
+    }
+
+    #[test]
+    fn borrowed_and_copied_paths_agree() {
+        for p in [
+            "",
+            "/",
+            "//",
+            "/sms",
+            "/SMS",
+            "/sms/",
+            "a/b",
+            "/a//b",
+            "/emails:send",
+            "/chat/threads/19:a1b2c3d4e5@thread.v2/messages",
+            "/chat/threads/19:a1B2c3D4e5@thread.v2/messages",
+            "/identities/8:acs:x/:issueaccesstoken",
+            "/rooms/Ünï/x",
+            "/rooms/ünï/x",
+            "/@[`{/Z",
+            "/\u{80}A",
+        ] {
+            assert_eq!(norm(p), copied(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn finds_upper_case_at_every_length_and_place() {
+        for len in 0..40 {
+            let path = "a".repeat(len);
+            assert!(!has_ascii_uppercase(path.as_bytes()));
+            for at in 0..len {
+                for (c, upper) in [(b'A', true), (b'Z', true), (b'@', false), (b'[', false)] {
+                    let mut bytes = path.clone().into_bytes();
+                    bytes[at] = c;
+                    assert_eq!(has_ascii_uppercase(&bytes), upper, "{len} {at} {c}");
+                }
+            }
+        }
+        // Non-ASCII bytes whose low seven bits are a letter are not upper case.
+        assert!(!has_ascii_uppercase("\u{c1}\u{da}ü✓".as_bytes()));
+        assert!(!has_ascii_uppercase(&[
+            0xc1, 0xda, 0x80, 0xff, b'`', b'{', 0, 0x7f, 0xc1
+        ]));
     }
 
     #[test]
