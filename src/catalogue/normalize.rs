@@ -359,6 +359,20 @@ mod tests {
     }
 
     #[test]
+    fn buffer_is_reused_and_reentrancy_is_safe() {
+        let outer = with_normalized("/A//B/", |p| {
+            // a nested call cannot borrow the buffer and takes the fallback
+            let inner = with_normalized("/C/", |q| q.to_owned());
+            format!("{p}+{inner}")
+        });
+        assert_eq!(outer, "/a/b+/c");
+        // Upper case, so it is copied (a normal path would be borrowed).
+        let huge = "/X".repeat(20_000);
+        assert_eq!(with_normalized(&huge, |p| p.len()), huge.len());
+        assert!(BUF.with_borrow(|b| b.capacity()) <= BUF_KEEP_MAX);
+    }
+
+    #[test]
     fn finds_double_slashes_at_every_length_and_place() {
         for len in 1..40 {
             for at in 0..len - 1 {
