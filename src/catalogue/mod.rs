@@ -229,7 +229,8 @@ impl Catalogue {
         query: Option<&str>,
     ) -> Classification {
         let c = &self.inner;
-        let Ok(m) = c.router.at(path) else {
+        let found = c.first_byte.router(&c.router, path).map(|r| r.at(path));
+        let Some(Ok(m)) = found else {
             return self.bad_route(self.api_of_normalized(path));
         };
         let Some(shape) = c.shapes.get(*m.value as usize) else {

@@ -486,3 +486,96 @@ fn catalogue_can_be_shared_across_threads() {
     shared::<Catalogue>();
     shared::<Classification>();
 }
+
+/// What the whole router and the first-byte table give for a normalised path.
+fn both_lookups(c: &Catalogue, path: &str) -> (Option<u32>, Option<u32>) {
+    let r = &c.inner;
+    let whole = r.router.at(path).ok().map(|m| *m.value);
+    let table = r
+        .first_byte
+        .router(&r.router, path)
+        .and_then(|router| router.at(path).ok())
+        .map(|m| *m.value);
+    (whole, table)
+}
+
+#[test]
+fn first_byte_table_agrees_with_the_whole_router() {
+    let c = Catalogue::builtin();
+    assert!(!c.inner.first_byte.is_wild());
+    let mut paths: Vec<String> = [
+        "/",
+        "/:",
+        "/::",
+        "/x",
+        "/sms",
+        "/sms:x",
+        "/smsx",
+        "/sm",
+        "/room",
+        "/rooms",
+        "/roomsx",
+        "/emails",
+        "/emails:send",
+        "/emails:sendx",
+        "/emails:",
+        "/chat/threads/x/unknown/thing",
+        "/{p0}",
+        "/%",
+        "/ü/✓",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    // Every route with ids of every awkward kind, and near misses after it.
+    for route in c.routes() {
+        for id in ["abc", "19:a1b2@thread.v2", ":x", "a:b:c", "x/y", "%3a", "ü"] {
+            let mut path = String::new();
+            let mut rest = route.template.as_str();
+            while let Some(open) = rest.find('{') {
+                path.push_str(&rest[..open]);
+                path.push_str(id);
+                let close = rest[open..].find('}').map_or(rest.len(), |i| open + i + 1);
+                rest = &rest[close..];
+            }
+            path.push_str(rest);
+            for tail in ["", "/x", ":verb", "x", "/:x"] {
+                paths.push(format!("{path}{tail}"));
+            }
+        }
+    }
+    let mut matched = 0;
+    for path in &paths {
+        let normal = normalize::with_normalized(path, str::to_owned);
+        let (whole, table) = both_lookups(&c, &normal);
+        assert_eq!(whole, table, "{normal}");
+        matched += usize::from(whole.is_some());
+    }
+    assert!(matched > c.routes().len(), "{matched}");
+}
+
+#[test]
+fn first_byte_table_is_off_when_a_key_starts_with_a_parameter() {
+    let c = cat(r#"
+[[route]]
+api = "calls"
+operation = "Get"
+method = "GET"
+path = "/calls/{id}"
+
+[[route]]
+api = "calls"
+operation = "Tenant"
+method = "GET"
+path = "/{tenant}/calls"
+"#)
+    .unwrap();
+    assert!(c.inner.first_byte.is_wild());
+    assert_eq!(name(&c, "GET", "/calls/1", None), "calls/Get");
+    assert_eq!(name(&c, "GET", "/t1/calls", None), "calls/Tenant");
+    assert_eq!(name(&c, "GET", "/calls/calls", None), "calls/Get");
+    for path in ["/calls/1", "/t1/calls", "/calls/calls", "/x/y"] {
+        let (whole, table) = both_lookups(&c, path);
+        assert_eq!(whole, table, "{path}");
+    }
+}
