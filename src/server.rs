@@ -580,14 +580,17 @@ impl ConnectionGuard {
         let mut registered = false;
         // The drain signal works the same way: its `changed()` is polled once to register,
         // then again only after the flag says the drain has started.
-        let DrainWatcher { started, mut rx } = drain;
-        let drain_started = rx.changed();
-        tokio::pin!(drain_started);
+        let DrainWatcher {
+            started: drain_begun,
+            mut rx,
+        } = drain;
+        let drain_signal = rx.changed();
+        tokio::pin!(drain_signal);
         let (mut drain_registered, mut draining) = (false, false);
         let result = loop {
             let fired = std::future::poll_fn(|cx| {
-                if !draining && (!drain_registered || started.load(Ordering::Acquire)) {
-                    if drain_started.as_mut().poll(cx).is_ready() {
+                if !draining && (!drain_registered || drain_begun.load(Ordering::Acquire)) {
+                    if drain_signal.as_mut().poll(cx).is_ready() {
                         // HTTP/1 closes after the current response, HTTP/2 sends GOAWAY.
                         connection.as_mut().graceful_shutdown();
                         draining = true;
