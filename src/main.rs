@@ -14,33 +14,13 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{Registry, reload};
 
-// Every request allocates (header maps, buffers, futures) and frees on the same thread soon
-// after; mimalloc's thread-local free lists make that cheaper than glibc's malloc
-// (bench: see README "Performance").
+mod allocator;
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e`; the Rust bindings name it only for
-/// mimalloc 2. The unit test below checks the index still means that option.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long mimalloc keeps an empty page before returning it to the OS, in milliseconds.
-///
-/// Measured under 64 busy connections (README "Performance"): with no delay, every returned
-/// page that is wanted again a moment later comes back through a page fault, about one
-/// fault per proxied request and 5 µs of kernel time per request (a quarter of the proxy's
-/// CPU); with 100 ms, 0.02–0.05 faults per request and a peak RSS of 14.5 MiB, against
-/// 13.5 MiB with no delay and 15.2 MiB with mimalloc's default of 1 s.
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-
-/// Sets mimalloc's purge delay to [`PURGE_DELAY_MS`] (its default is 1 s).
-fn tune_allocator() {
-    // SAFETY: sets one of mimalloc's process-wide integer options; any value is valid for it.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-}
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
-    tune_allocator();
+    allocator::tune();
     let cli = Cli::parse();
     // The settings are merged again (and their errors reported) once logging is up.
     let log_level = cli.merged_settings().ok().and_then(|s| s.log_level);
@@ -175,25 +155,4 @@ fn init_logging(format: LogFormat, log_level: Option<&str>) -> Option<LogFilter>
 fn fail(message: String) -> ExitCode {
     eprintln!("acsgate: error: {message}");
     ExitCode::FAILURE
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tune_allocator_sets_the_purge_delay() {
-        // mimalloc 3's default purge delay is 1,000 ms, a default the options around index 15
-        // do not have: this fails if the index names another option after an upgrade.
-        // SAFETY: reads a process-wide integer option.
-        let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(
-            before, 1000,
-            "option {MI_OPTION_PURGE_DELAY} is not the purge delay"
-        );
-        tune_allocator();
-        // SAFETY: as above.
-        let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(after, PURGE_DELAY_MS);
-    }
 }
