@@ -3,8 +3,8 @@
 //!
 //! The request path of the proxy is a `Pipeline`: the catalogue, the metric handles bound to
 //! it, and every layer built from the configuration. The listener holds it behind an
-//! [`ArcSwap`] and `Reloading` builds each request's stack from the pipeline current when
-//! the request arrives, so a reload takes effect on the next request, even on a keep-alive or
+//! [`ArcSwap`] and `Reloading` runs each request on a stack built from the pipeline current
+//! when the request arrives, so a reload takes effect on the next request, even on a keep-alive or
 //! HTTP/2 connection opened long before, and a request already in flight finishes on the
 //! pipeline it started with.
 //!
@@ -17,11 +17,13 @@
 //! TLS files, connection limits and timeouts, the events listener, the access log's format) needs a restart: a
 //! reload that changes it says so in the log and keeps the running value.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,7 +31,6 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
-use tower::util::{Oneshot, ServiceExt};
 
 use crate::access::AccessLog;
 use crate::admission::{AdmissionLayer, DrainDeadline};
@@ -183,46 +184,67 @@ where
 
 /// Service of one proxy connection: each request runs through the stack `make` builds from
 /// the pipeline current when the request arrives.
-pub(crate) struct Reloading<M, B> {
+///
+/// The stack is built once per connection and kept with the pipeline it was built from; a
+/// request finds it again by comparing pointers, and only the first request after a reload
+/// builds a new one. Building it per request cost every request a dozen reference-count
+/// changes, a copy of the stack into a `Oneshot` and its drop (README "Performance").
+pub(crate) struct Reloading<M, B, S> {
     current: Arc<ArcSwap<Pipeline<B>>>,
     make: M,
     peer: Peer,
+    // hyper calls a connection's service from that connection's task only, one call at a
+    // time, and the futures it returns own what they need: the borrow ends with `call`.
+    built: RefCell<Option<Built<B, S>>>,
 }
 
-impl<M: Clone, B> Clone for Reloading<M, B> {
-    fn clone(&self) -> Self {
-        Reloading {
-            current: Arc::clone(&self.current),
-            make: self.make.clone(),
-            peer: self.peer.clone(),
-        }
-    }
+/// A connection's request stack and the pipeline it was built from.
+struct Built<B, S> {
+    from: Arc<Pipeline<B>>,
+    stack: S,
 }
 
-impl<M, B> Reloading<M, B> {
+impl<M, B, S> Reloading<M, B, S> {
     pub(crate) fn new(current: Arc<ArcSwap<Pipeline<B>>>, make: M, peer: SocketAddr) -> Self {
         Reloading {
             current,
             make,
             peer: Peer::new(peer),
+            built: RefCell::new(None),
         }
     }
 }
 
-/// A hyper service (called by `&self`, with no readiness of its own): the stack's readiness
-/// is the stack's, and the `Oneshot` polls it before calling.
-impl<M, S, B, R> hyper::service::Service<R> for Reloading<M, B>
+/// A hyper service (called by `&self`, with no readiness of its own).
+impl<M, S, B, R> hyper::service::Service<R> for Reloading<M, B, S>
 where
     M: Fn(&Pipeline<B>, &Peer) -> S,
     S: Service<R>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Oneshot<S, R>;
+    type Future = S::Future;
 
-    fn call(&self, request: R) -> Self::Future {
+    fn call(&self, request: R) -> S::Future {
         let pipeline = self.current.load();
-        (self.make)(&pipeline, &self.peer).oneshot(request)
+        let mut built = self.built.borrow_mut();
+        let stack = match &mut *built {
+            Some(built) if Arc::ptr_eq(&built.from, &pipeline) => &mut built.stack,
+            slot => {
+                let stack = (self.make)(&pipeline, &self.peer);
+                let from = Arc::clone(&pipeline);
+                &mut slot.insert(Built { from, stack }).stack
+            }
+        };
+        // Every layer is ready when the one below is, down to the forwarder, which always is
+        // (its pool connects on demand), so the stack is called at once. Debug builds, which
+        // the tests run, check that this stays true.
+        let readiness = stack.poll_ready(&mut Context::from_waker(Waker::noop()));
+        debug_assert!(
+            matches!(readiness, Poll::Ready(Ok(()))),
+            "the request stack is always ready"
+        );
+        stack.call(request)
     }
 }
 

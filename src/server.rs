@@ -297,7 +297,8 @@ impl Gateway {
 type RequestStack<B> =
     Classify<Record<Admission<RateService<Sign<PeekBody<Breaker<Forward<B>>>>>>>>;
 
-/// Builds the [`RequestStack`] from the pipeline current when a request arrives.
+/// Builds a connection's [`RequestStack`] from the pipeline current when a request arrives
+/// (again after a reload).
 fn request_stack<B>(pipeline: &Pipeline<B>, peer: &Peer) -> RequestStack<B> {
     ServiceBuilder::new()
         .layer(pipeline.classify.clone())
@@ -417,7 +418,7 @@ impl ConnectionPolicy {
 /// client never holds up accepting.
 ///
 /// `make_service` gives each connection its service: a hyper service, so that the proxy's
-/// runs each request on its stack without a second adapter and `Oneshot` in front
+/// calls its connection's request stack directly, without an adapter or `Oneshot` in front
 /// ([`crate::reload`]); tower services go in through [`TowerToHyperService`].
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
