@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use http::Uri;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Whether a header is hop-by-hop by its (lower-case) name alone, whatever `Connection`
 /// lists: RFC 9110's fixed set, the de-facto `Keep-Alive`, and every `Proxy-*` header.
@@ -119,9 +119,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, names: Names) {
     }
     // Nearly every upstream response says `Connection: keep-alive` and has no other
     // hop-by-hop header: removing that one name is all there is to do.
-    if names.only_connection && names_nothing_else(headers) {
-        headers.remove(header::CONNECTION);
-        return;
+    if names.only_connection {
+        // One lookup for the look and the removal.
+        if let Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+            if names_nothing_else(connection.iter()) {
+                connection.remove();
+                return;
+            }
+        }
     }
     // Names listed in Connection are hop-by-hop too; collect them before Connection goes.
     // `keep-alive` names a header the fixed set removes anyway.
@@ -140,9 +145,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, names: Names) {
     remove_where(headers, |name| is_hop_by_hop(name.as_bytes()));
 }
 
-/// Whether `Connection` is a single `keep-alive` or `close`, which name no other header.
-fn names_nothing_else(headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(header::CONNECTION).iter();
+/// Whether `Connection` (its `values`) is a single `keep-alive` or `close`, which name no
+/// other header.
+fn names_nothing_else<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> bool {
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let token = value.as_bytes().trim_ascii();

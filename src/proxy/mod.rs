@@ -187,43 +187,42 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> ForwardFuture {
+    fn call(&mut self, mut request: Request<B>) -> ForwardFuture {
         if self.is_rejected_bad_route(&request) {
             return ForwardFuture::gateway(ErrorKind::BadRoute);
         }
         let shared = &self.shared;
-        let (mut parts, body) = request.into_parts();
-        let names = Names::of(&parts.headers);
-        headers::remove_hop_by_hop(&mut parts.headers, names);
-        headers::remove_underscored(&mut parts.headers, names);
-        let client_host =
-            headers::replace_host(&mut parts.headers, &parts.uri, shared.target.host());
+        // Changed in place: taking the request apart and putting it together again moved it
+        // twice (callgrind: a `memcpy` of its parts each time).
+        let client_uri = std::mem::take(request.uri_mut());
+        let headers = request.headers_mut();
+        let names = Names::of(headers);
+        headers::remove_hop_by_hop(headers, names);
+        headers::remove_underscored(headers, names);
+        let client_host = headers::replace_host(headers, &client_uri, shared.target.host());
         let origin = client_host.clone().map(|host| ClientOrigin {
             scheme: shared.inbound_proto,
             host,
         });
         headers::add_forwarded(
-            &mut parts.headers,
+            headers,
             names,
             self.peer_ip.as_ref(),
             shared.inbound_proto,
             client_host,
         );
         // Only the client's path and query go on: the client aims them at the upstream.
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
+        *request.uri_mut() = Uri::from(
+            client_uri
+                .into_parts()
+                .path_and_query
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
         // The pooled connection decides h1 or h2; an h2 client's request goes out as either.
-        parts.version = Version::HTTP_11;
+        *request.version_mut() = Version::HTTP_11;
         // Extensions are this gateway's bookkeeping, not the upstream's business.
-        parts.extensions.clear();
-        let response = self
-            .client
-            .request(Request::from_parts(parts, body), &shared.target);
+        request.extensions_mut().clear();
+        let response = self.client.request(request, &shared.target);
         ForwardFuture {
             state: ForwardState::Upstream {
                 response: tokio::time::timeout(shared.timeouts.response, response),
