@@ -28,13 +28,12 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tower::{Layer, Service};
 
-use crate::error::{BoxError, DrainingError, ErrorKind};
+use crate::error::{AnswerBody, BoxError, DrainingError, ErrorKind};
 
 /// The drain deadline of a shutdown: passed or not, and a way to wait for it. Clones share it.
 ///
@@ -167,6 +166,7 @@ pub struct Admission<S> {
 impl<S, B, ResBody> Service<Request<B>> for Admission<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>, Error = Infallible>,
+    ResBody: AnswerBody,
 {
     type Response = Response<AdmittedBody<ResBody>>;
     type Error = Infallible;
@@ -257,6 +257,7 @@ pin_project! {
 impl<F, ResBody> Future for AdmissionFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, Infallible>>,
+    ResBody: AnswerBody,
 {
     type Output = Result<Response<AdmittedBody<ResBody>>, Infallible>;
 
@@ -275,7 +276,7 @@ where
                 if let Poll::Ready(Ok(response)) = inner.poll(cx) {
                     let (parts, body) = response.into_parts();
                     let body = AdmittedBody {
-                        inner: Either::Left(body),
+                        inner: body,
                         _permit: permit.take(),
                         drain: Some(drain.clone()),
                         waiter: None,
@@ -291,9 +292,9 @@ where
     }
 }
 
-fn gateway_answer<B>(kind: ErrorKind) -> Response<AdmittedBody<B>> {
+fn gateway_answer<B: AnswerBody>(kind: ErrorKind) -> Response<AdmittedBody<B>> {
     kind.response().map(|body| AdmittedBody {
-        inner: Either::Right(body),
+        inner: B::answer(body),
         _permit: None,
         drain: None,
         waiter: None,
@@ -305,7 +306,7 @@ pin_project! {
     /// with [`DrainingError`] when the drain deadline passes.
     pub struct AdmittedBody<B> {
         #[pin]
-        inner: Either<B, Full<Bytes>>,
+        inner: B,
         _permit: Option<Permit>,
         drain: Option<DrainDeadline>,
         #[pin]

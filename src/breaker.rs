@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::error::ErrorKind;
+use crate::error::{AnswerBody, ErrorKind};
 
 /// When the circuit opens and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,8 +130,9 @@ pub struct Breaker<S> {
 impl<S, B, ResBody> Service<Request<B>> for Breaker<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: AnswerBody,
 {
-    type Response = Response<Either<ResBody, Full<Bytes>>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = BreakerFuture<S::Future>;
 
@@ -208,8 +209,9 @@ pin_project! {
 impl<F, ResBody, E> Future for BreakerFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: AnswerBody,
 {
-    type Output = Result<Response<Either<ResBody, Full<Bytes>>>, E>;
+    type Output = Result<Response<ResBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -221,12 +223,12 @@ where
                         .circuit
                         .record(matches!(kind, Some(ErrorKind::Connect | ErrorKind::Tls)));
                 }
-                Poll::Ready(Ok(response.map(Either::Left)))
+                Poll::Ready(Ok(response))
             }
             StateProj::Open { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("polled after completion")
-                .map(Either::Right))),
+                .map(ResBody::answer))),
         }
     }
 }

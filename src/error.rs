@@ -8,7 +8,7 @@ use std::io;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 
 /// The error type bodies and services pass around when the cause can be anything.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -55,6 +55,30 @@ pub enum ErrorKind {
     /// The upstream failed to connect too many times in a row: the circuit breaker answers
     /// 503 at once, without dialling, until its cooldown ends.
     CircuitOpen,
+}
+
+/// A response body that can also carry one of the gateway's own answers
+/// ([`ErrorKind::response`]).
+///
+/// The layers between the forwarder and the listener that may answer by themselves (breaker,
+/// signing, admission) answer in the body type of the responses they pass on, rather than each
+/// wrapping it in one more `Either`: a passing response keeps its type and is not moved into a
+/// new one at every layer, and its frames go through one `Either`, not three.
+pub trait AnswerBody {
+    /// The gateway's own answer as this body.
+    fn answer(body: Full<Bytes>) -> Self;
+}
+
+impl AnswerBody for Full<Bytes> {
+    fn answer(body: Full<Bytes>) -> Self {
+        body
+    }
+}
+
+impl<L> AnswerBody for Either<L, Full<Bytes>> {
+    fn answer(body: Full<Bytes>) -> Self {
+        Either::Right(body)
+    }
 }
 
 impl ErrorKind {

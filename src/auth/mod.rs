@@ -39,7 +39,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::config::ConfigError;
-use crate::error::{BoxError, ErrorKind};
+use crate::error::{AnswerBody, BoxError, ErrorKind};
 use crate::proxy::{Upstream, headers};
 use hmac::{AccessKey, Target};
 
@@ -265,8 +265,9 @@ where
     S: Service<Request<SignedBody<B>>, Response = Response<ResBody>, Error = Infallible> + Clone,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    ResBody: AnswerBody,
 {
-    type Response = Response<Either<ResBody, Full<Bytes>>>;
+    type Response = Response<ResBody>;
     type Error = Infallible;
     type Future = SignFuture<S, B>;
 
@@ -400,8 +401,9 @@ where
     S: Service<Request<SignedBody<B>>, Response = Response<ResBody>, Error = Infallible>,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    ResBody: AnswerBody,
 {
-    type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
+    type Output = Result<Response<ResBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -409,11 +411,11 @@ where
             let next = match state.as_mut().project() {
                 SignStateProj::Calling { inner } => {
                     let Ok(response) = ready!(inner.poll(cx));
-                    return Poll::Ready(Ok(response.map(Either::Left)));
+                    return Poll::Ready(Ok(response));
                 }
                 SignStateProj::Answered { response } => {
                     let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(Either::Right)));
+                    return Poll::Ready(Ok(response.map(ResBody::answer)));
                 }
                 SignStateProj::Reading { body, waiting } => {
                     let collected = ready!(body.poll(cx));
