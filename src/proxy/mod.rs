@@ -39,7 +39,7 @@ use tokio::time::Timeout;
 use tower::Service;
 
 use crate::catalogue::{Catalogue, Classification};
-use crate::error::ErrorKind;
+use crate::error::{AnswerBody, ErrorKind};
 use client::{Target, UpstreamClient};
 use headers::Names;
 use idle::IdleTimeoutBody;
@@ -262,7 +262,7 @@ impl ForwardFuture {
     fn gateway(kind: ErrorKind) -> Self {
         ForwardFuture {
             state: ForwardState::Gateway {
-                response: Some(kind.response().map(Either::Right)),
+                response: Some(kind.response().map(ProxyBody::answer)),
             },
         }
     }
@@ -287,11 +287,13 @@ impl Future for ForwardFuture {
                     Ok(Err(error)) => {
                         let kind = error.kind();
                         tracing::debug!(kind = kind.as_str(), error = %error, "upstream request failed");
-                        return Poll::Ready(Ok(kind.response().map(Either::Right)));
+                        return Poll::Ready(Ok(kind.response().map(ProxyBody::answer)));
                     }
                     Err(_elapsed) => {
                         tracing::debug!("upstream response head timed out");
-                        return Poll::Ready(Ok(ErrorKind::Timeout.response().map(Either::Right)));
+                        return Poll::Ready(Ok(ErrorKind::Timeout
+                            .response()
+                            .map(ProxyBody::answer)));
                     }
                 };
                 let (mut parts, body) = response.into_parts();
