@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -158,16 +156,9 @@ where
                     probe,
                 }),
             },
-            None => {
-                let mut response = ErrorKind::CircuitOpen.response();
-                let retry_after = circuit.config.cooldown.as_secs().max(1);
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-                State::Open {
-                    response: Some(response),
-                }
-            }
+            None => State::Open {
+                retry_after: Some(circuit.config.cooldown.as_secs().max(1)),
+            },
         };
         BreakerFuture { state }
     }
@@ -201,8 +192,9 @@ pin_project! {
     enum State<F> {
         // Forwarded; watched when the breaker is on.
         Forward { #[pin] inner: F, watch: Option<Watch> },
-        // Answered by the open circuit.
-        Open { response: Option<Response<Full<Bytes>>> },
+        // Answered by the open circuit, with `Retry-After` in seconds. The answer is made when
+        // polled: inline, it would make every request's future larger (see `Forward`).
+        Open { retry_after: Option<u64> },
     }
 }
 
@@ -225,10 +217,14 @@ where
                 }
                 Poll::Ready(Ok(response))
             }
-            StateProj::Open { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(ResBody::answer))),
+            StateProj::Open { retry_after } => {
+                let retry_after = retry_after.take().expect("polled after completion");
+                let mut response = ErrorKind::CircuitOpen.response();
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+                Poll::Ready(Ok(response.map(ResBody::answer)))
+            }
         }
     }
 }

@@ -299,8 +299,8 @@ where
         let limit = usize::try_from(shared.max_signed_body).unwrap_or(usize::MAX);
         SignFuture {
             state: SignState::Reading {
-                body: Limited::new(body, limit).collect(),
-                waiting: Some((parts, inner, shared)),
+                body: Box::pin(Limited::new(body, limit).collect()),
+                waiting: Some(Box::new((parts, inner, shared))),
             },
         }
     }
@@ -370,16 +370,17 @@ pin_project! {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        // Buffering a signed body; then verify, re-sign and call `inner`.
+        // Buffering a signed body; then verify, re-sign and call `inner`. Boxed: inline, this
+        // rare state would make the future of every request (signed or not) hundreds of bytes
+        // larger, and each layer outside moves that future into its own.
         Reading {
-            #[pin]
-            body: Collect<Limited<B>>,
-            waiting: Option<(Parts, S, Arc<Shared>)>,
+            body: Pin<Box<Collect<Limited<B>>>>,
+            waiting: Option<Box<(Parts, S, Arc<Shared>)>>,
         },
         // The inner service's future: unsigned requests go straight here.
         Calling { #[pin] inner: S::Future },
         // The gateway answers itself (401, 413, 400).
-        Answered { response: Option<Response<Full<Bytes>>> },
+        Answered { kind: Option<ErrorKind> },
     }
 }
 
@@ -390,9 +391,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn answered(kind: ErrorKind) -> Self {
-        SignState::Answered {
-            response: Some(kind.response()),
-        }
+        SignState::Answered { kind: Some(kind) }
     }
 }
 
@@ -413,14 +412,14 @@ where
                     let Ok(response) = ready!(inner.poll(cx));
                     return Poll::Ready(Ok(response));
                 }
-                SignStateProj::Answered { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResBody::answer)));
+                SignStateProj::Answered { kind } => {
+                    let kind = kind.take().expect("polled after completion");
+                    return Poll::Ready(Ok(kind.response().map(ResBody::answer)));
                 }
                 SignStateProj::Reading { body, waiting } => {
-                    let collected = ready!(body.poll(cx));
+                    let collected = ready!(body.as_mut().poll(cx));
                     let (mut parts, mut inner, shared) =
-                        waiting.take().expect("polled after completion");
+                        *waiting.take().expect("polled after completion");
                     match collected {
                         Err(error) if error.is::<LengthLimitError>() => {
                             SignState::answered(ErrorKind::TooLarge)

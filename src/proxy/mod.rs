@@ -245,8 +245,9 @@ pin_project! {
 pin_project! {
     #[project = ForwardStateProj]
     enum ForwardState {
-        // The gateway answers itself.
-        Gateway { response: Option<Response<ProxyBody>> },
+        // The gateway answers itself: only the kind is kept until then, which keeps this
+        // future (moved into every layer's future outside) small.
+        Gateway { kind: Option<ErrorKind> },
         // Waiting for the upstream's response head, within the response timeout.
         Upstream {
             #[pin]
@@ -261,9 +262,7 @@ pin_project! {
 impl ForwardFuture {
     fn gateway(kind: ErrorKind) -> Self {
         ForwardFuture {
-            state: ForwardState::Gateway {
-                response: Some(kind.response().map(ProxyBody::answer)),
-            },
+            state: ForwardState::Gateway { kind: Some(kind) },
         }
     }
 }
@@ -273,8 +272,9 @@ impl Future for ForwardFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            ForwardStateProj::Gateway { response } => {
-                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            ForwardStateProj::Gateway { kind } => {
+                let kind = kind.take().expect("polled after completion");
+                Poll::Ready(Ok(kind.response().map(ProxyBody::answer)))
             }
             ForwardStateProj::Upstream {
                 response,
