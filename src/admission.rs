@@ -15,6 +15,11 @@
 //! waiting for its response head is answered 503 (`draining`) and its upstream call is dropped;
 //! a response body still streaming ends with a [`DrainingError`], which aborts it.
 //!
+//! An HTTP/1 request waits for the drain deadline only once the drain has begun: until then
+//! nothing can pass, and its connection's task, which polls it, is woken when the drain begins.
+//! An HTTP/2 request runs in a task of its own that nothing else wakes, so it registers for the
+//! deadline whenever it waits.
+//!
 //! Every answer the layer gives carries `x-acsgate-error` and the [`ErrorKind`] extension, so
 //! the record layer (outside this one) counts it exactly once.
 
@@ -26,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header};
+use http::{Method, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::Notify;
@@ -35,11 +40,13 @@ use tower::{Layer, Service};
 
 use crate::error::{AnswerBody, BoxError, DrainingError, ErrorKind};
 
-/// The drain deadline of a shutdown: passed or not, and a way to wait for it. Clones share it.
+/// The drain deadline of a shutdown: begun or not, passed or not, and a way to wait for it.
+/// Clones share it.
 ///
 /// Cheaper than a cancellation token on the request path: checking it is one atomic load, and
 /// a request registers to be woken only while it actually waits (for its response head, or
-/// for the next piece of a streaming body).
+/// for the next piece of a streaming body), and an HTTP/1 request only once the drain has
+/// begun (see the [module docs](self)).
 #[derive(Clone, Default)]
 pub struct DrainDeadline {
     inner: Arc<DrainState>,
@@ -47,6 +54,7 @@ pub struct DrainDeadline {
 
 #[derive(Default)]
 struct DrainState {
+    begun: AtomicBool,
     passed: AtomicBool,
     // An `Arc` of its own: a waiting request's `OwnedNotified` holds one.
     notify: Arc<Notify>,
@@ -56,6 +64,12 @@ impl DrainDeadline {
     /// A deadline that has not passed.
     pub fn new() -> Self {
         DrainDeadline::default()
+    }
+
+    /// Marks the drain begun. Called before the connections are told to finish, so that an
+    /// HTTP/1 request polled by its woken connection registers for the deadline.
+    pub fn begin(&self) {
+        self.inner.begun.store(true, Ordering::Release);
     }
 
     /// Marks the deadline passed and wakes every request waiting on it.
@@ -70,17 +84,23 @@ impl DrainDeadline {
     }
 
     /// Ready once the deadline has passed. `waiter` holds the registration between polls;
-    /// it is made on the first poll, so a request that is never polled while waiting pays
-    /// only the atomic load.
+    /// it is made on the first poll (for a request its connection's task polls, the first
+    /// poll since the drain began), so a request that is never polled while waiting pays
+    /// only the atomic loads.
     fn poll_passed(
         &self,
         mut waiter: Pin<&mut Option<OwnedNotified>>,
+        polled_by_connection: bool,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         if self.has_passed() {
             return Poll::Ready(());
         }
         if waiter.is_none() {
+            if polled_by_connection && !self.inner.begun.load(Ordering::Acquire) {
+                // The connection's task is woken when the drain begins, and polls this again.
+                return Poll::Pending;
+            }
             // Made before the second look at the flag: `notify_waiters` wakes every
             // `Notified` that exists when it runs, polled yet or not.
             waiter.set(Some(Arc::clone(&self.inner.notify).notified_owned()));
@@ -198,6 +218,7 @@ where
         };
         let state = match (refusal, permit) {
             (None, Some(permit)) => State::Admitted {
+                polled_by_connection: request.version() < Version::HTTP_2,
                 inner: self.inner.call(request),
                 permit: Some(permit),
                 drain: layer.drain.clone(),
@@ -250,6 +271,8 @@ pin_project! {
             drain: DrainDeadline,
             #[pin]
             waiter: Option<OwnedNotified>,
+            // HTTP/1: the connection's task polls this future (see the module docs).
+            polled_by_connection: bool,
         },
     }
 }
@@ -272,6 +295,7 @@ where
                 permit,
                 drain,
                 waiter,
+                polled_by_connection,
             } => {
                 if let Poll::Ready(Ok(response)) = inner.poll(cx) {
                     let (parts, body) = response.into_parts();
@@ -280,10 +304,11 @@ where
                         _permit: permit.take(),
                         drain: Some(drain.clone()),
                         waiter: None,
+                        polled_by_connection: *polled_by_connection,
                     };
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
-                ready!(drain.poll_passed(waiter, cx));
+                ready!(drain.poll_passed(waiter, *polled_by_connection, cx));
                 // Dropping the future (with this state) drops the upstream call and the permit.
                 gateway_answer(ErrorKind::Draining)
             }
@@ -298,6 +323,7 @@ fn gateway_answer<B: AnswerBody>(kind: ErrorKind) -> Response<AdmittedBody<B>> {
         _permit: None,
         drain: None,
         waiter: None,
+        polled_by_connection: true,
     })
 }
 
@@ -311,6 +337,8 @@ pin_project! {
         drain: Option<DrainDeadline>,
         #[pin]
         waiter: Option<OwnedNotified>,
+        // HTTP/1: the connection's task polls this body (see the module docs).
+        polled_by_connection: bool,
     }
 }
 
@@ -338,7 +366,9 @@ where
         let polled = this.inner.poll_frame(cx).map_err(Into::into);
         if polled.is_pending()
             && let Some(drain) = this.drain.as_ref()
-            && drain.poll_passed(this.waiter.as_mut(), cx).is_ready()
+            && drain
+                .poll_passed(this.waiter.as_mut(), *this.polled_by_connection, cx)
+                .is_ready()
         {
             return cut(this.drain);
         }
@@ -409,7 +439,7 @@ mod tests {
             let drain = drain.clone();
             tokio::spawn(async move {
                 let mut waiter = std::pin::pin!(None);
-                std::future::poll_fn(|cx| drain.poll_passed(waiter.as_mut(), cx)).await
+                std::future::poll_fn(|cx| drain.poll_passed(waiter.as_mut(), false, cx)).await
             })
         };
         tokio::task::yield_now().await;
@@ -420,5 +450,27 @@ mod tests {
             .expect("woken")
             .expect("no panic");
         assert!(drain.has_passed());
+    }
+
+    #[test]
+    fn an_http1_request_registers_for_the_deadline_only_once_the_drain_has_begun() {
+        let drain = DrainDeadline::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut waiter = std::pin::pin!(None);
+        assert!(
+            drain
+                .poll_passed(waiter.as_mut(), true, &mut cx)
+                .is_pending()
+        );
+        assert!(waiter.is_none(), "no registration before the drain");
+        drain.begin();
+        assert!(
+            drain
+                .poll_passed(waiter.as_mut(), true, &mut cx)
+                .is_pending()
+        );
+        assert!(waiter.is_some(), "registered once the drain has begun");
+        drain.pass();
+        assert!(drain.poll_passed(waiter.as_mut(), true, &mut cx).is_ready());
     }
 }

@@ -491,6 +491,8 @@ pub(crate) async fn serve<M, S, B>(
         }
     }
     drop(listener);
+    // Before the connections are told: an HTTP/1 request waits for the deadline from then on.
+    policy.drain_expired.begin();
     let shutdown = drain.shutdown();
     tokio::pin!(shutdown);
     if tokio::time::timeout(policy.drain, &mut shutdown)

@@ -5,7 +5,11 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -313,6 +317,19 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn drain_deadline_answers_503_draining_counted_once() {
+    drain_deadline_answers_503_draining_counted_once_over(h1_client()).await;
+}
+
+/// HTTP/2 streams run in tasks of their own, which the drain does not wake as it wakes an
+/// HTTP/1 connection's task: they must still be answered when the deadline passes.
+#[tokio::test]
+async fn drain_deadline_answers_503_draining_counted_once_h2() {
+    drain_deadline_answers_503_draining_counted_once_over(h2_client()).await;
+}
+
+async fn drain_deadline_answers_503_draining_counted_once_over(
+    client: Client<HttpConnector, Full<Bytes>>,
+) {
     let upstream = Upstream::start(|_| async {
         tokio::time::sleep(Duration::from_secs(30)).await;
         json(StatusCode::OK, "{}")
@@ -323,9 +340,7 @@ async fn drain_deadline_answers_503_draining_counted_once() {
     let mut gw = gateway(s).await;
     let proxy = gw.proxy_addr();
     let call =
-        tokio::spawn(
-            async move { send(&h1_client(), request(Method::GET, proxy, "/rooms", "")).await },
-        );
+        tokio::spawn(async move { send(&client, request(Method::GET, proxy, "/rooms", "")).await });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while upstream.seen().is_empty() {
         assert!(tokio::time::Instant::now() < deadline);
