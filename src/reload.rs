@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -409,21 +409,18 @@ pub async fn watch(
     stop: CancellationToken,
 ) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        let _ = events_tx.send(());
-    }) {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
-            None
-        }
-    };
+    // Started with the first file to watch: the watcher is a thread, and a thread watching
+    // nothing would only make every system call of the process pay for a multi-threaded
+    // process (glibc's cancellation points: about 200 instructions per proxied request).
+    let mut watcher = Watcher::NotStarted;
     let mut hangups = Hangups::new();
     let mut files = watched_files(config_file.as_deref(), &reloader.config());
     let mut watched_dirs = Vec::new();
     let mut last_read = fingerprint(&files);
     loop {
-        if let Some(watcher) = watcher.as_mut() {
+        if !files.is_empty()
+            && let Some(watcher) = watcher.started(&events_tx)
+        {
             watch_dirs(watcher, &files, &mut watched_dirs);
         }
         let cause = tokio::select! {
@@ -463,6 +460,35 @@ pub async fn watch(
         }
         files = watched_files(config_file.as_deref(), &reloader.config());
         last_read = fingerprint(&files);
+    }
+}
+
+/// The file watcher of [`watch`], started when there is a file to watch.
+enum Watcher {
+    NotStarted,
+    Started(RecommendedWatcher),
+    Failed,
+}
+
+impl Watcher {
+    /// The watcher, started now (sending to `events` on every file event) if it was not.
+    fn started(&mut self, events: &mpsc::UnboundedSender<()>) -> Option<&mut RecommendedWatcher> {
+        if let Watcher::NotStarted = self {
+            let events = events.clone();
+            *self = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+                let _ = events.send(());
+            }) {
+                Ok(watcher) => Watcher::Started(watcher),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
+                    Watcher::Failed
+                }
+            };
+        }
+        match self {
+            Watcher::Started(watcher) => Some(watcher),
+            Watcher::NotStarted | Watcher::Failed => None,
+        }
     }
 }
 
