@@ -538,6 +538,8 @@ impl EventsListener {
             client::build(&config.client)?,
             events.forward_to.clone(),
             config.timeouts,
+            // The events listener's connection guard (`server::ConnectionGuard`).
+            Some(config.header_read_timeout),
             BadRoutePolicy::Forward,
             catalogue,
             "http",

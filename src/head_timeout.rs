@@ -83,6 +83,8 @@ impl Progress {
         }
         if self.in_progress.load(Ordering::Acquire) > 0 {
             // Busy: the deadline starts when it is idle again, at least `timeout` from now.
+            // The wake this schedules is also what HTTP/1 requests far from their response
+            // deadline wait for instead of a timer of their own (`proxy::deadline`).
             return Check::At(now + timeout);
         }
         let idle_since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));

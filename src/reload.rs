@@ -158,6 +158,8 @@ where
             client.clone(),
             config.upstream.clone(),
             config.timeouts,
+            // The proxy listener's connection guard (`server::ConnectionGuard`).
+            Some(config.header_read_timeout),
             config.bad_route,
             Arc::clone(&catalogue),
             if config.tls.is_some() {

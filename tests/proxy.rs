@@ -390,6 +390,44 @@ async fn slow_upstream_gives_504_counted_once() {
     );
 }
 
+/// A response timeout longer than the header-read timeout: an HTTP/1 request then arms no
+/// timer at first and is woken by its connection's guard, an HTTP/2 one arms its timer at once
+/// (`src/proxy/deadline.rs`). Either way the 504 comes at the timeout, not when the upstream
+/// finally answers.
+#[tokio::test]
+async fn a_response_timeout_longer_than_the_header_timeout_fires_on_time() {
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        json(StatusCode::OK, "{}")
+    })
+    .await;
+    let mut s = settings(&upstream.url());
+    s.response_timeout = Some(Duration::from_secs(1));
+    s.header_read_timeout = Some(Duration::from_millis(200));
+    let gw = gateway(s).await;
+    for (protocol, client) in [("HTTP/1.1", h1_client()), ("HTTP/2", h2_client())] {
+        let started = std::time::Instant::now();
+        let call = send(
+            &client,
+            request(
+                Method::GET,
+                gw.proxy_addr(),
+                "/rooms?api-version=2024-04-15",
+                "",
+            ),
+        );
+        let (response, _) = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("{protocol}: no answer 10 s after a 1 s timeout"));
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{protocol}");
+        assert_eq!(response.headers()[ERROR_HEADER], "timeout", "{protocol}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{protocol}: answered before the timeout"
+        );
+    }
+}
+
 #[tokio::test]
 async fn client_abort_is_counted_once_as_499() {
     let upstream = Upstream::start(|_| async {

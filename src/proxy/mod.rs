@@ -16,6 +16,7 @@
 //! `bad_route = "reject"`, unknown operations get 404 without reaching the upstream.
 
 pub mod client;
+mod deadline;
 pub mod headers;
 pub mod idle;
 pub mod location;
@@ -35,12 +36,12 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::time::Timeout;
 use tower::Service;
 
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::{AnswerBody, ErrorKind};
 use client::{Target, UpstreamClient};
+use deadline::ResponseDeadline;
 use headers::Names;
 use idle::IdleTimeoutBody;
 use location::ClientOrigin;
@@ -108,6 +109,7 @@ struct ForwardShared {
     upstream: Upstream,
     target: Arc<Target>,
     timeouts: ForwardTimeouts,
+    http1_woken_every: Option<Duration>,
     bad_route: BadRoutePolicy,
     catalogue: Arc<Catalogue>,
     inbound_proto: &'static str,
@@ -124,11 +126,16 @@ impl<B> Clone for Forward<B> {
 }
 
 impl<B> Forward<B> {
-    /// A forwarder to `upstream` through `client`.
+    /// A forwarder to `upstream` through `client`. `http1_woken_every` is how often at most
+    /// the listener wakes an HTTP/1 connection's task while a request is in flight (the
+    /// connection guard's header-read timeout), if it does: such requests then arm their
+    /// response-head timer only when the deadline is nearer than that (see the `deadline`
+    /// module).
     pub fn new(
         client: UpstreamClient<B>,
         upstream: Upstream,
         timeouts: ForwardTimeouts,
+        http1_woken_every: Option<Duration>,
         bad_route: BadRoutePolicy,
         catalogue: Arc<Catalogue>,
         inbound_proto: &'static str,
@@ -142,6 +149,7 @@ impl<B> Forward<B> {
                 )),
                 upstream,
                 timeouts,
+                http1_woken_every,
                 bad_route,
                 catalogue,
                 inbound_proto,
@@ -192,6 +200,12 @@ where
             return ForwardFuture::gateway(ErrorKind::BadRoute);
         }
         let shared = &self.shared;
+        // Before the version is rewritten below: an HTTP/1 request is polled by its
+        // connection's task, which the listener wakes while the request is in flight.
+        let woken_every = match request.version() {
+            Version::HTTP_2 | Version::HTTP_3 => None,
+            _ => shared.http1_woken_every,
+        };
         // Changed in place: taking the request apart and putting it together again moved it
         // twice (callgrind: a `memcpy` of its parts each time).
         let client_uri = std::mem::take(request.uri_mut());
@@ -225,7 +239,8 @@ where
         let response = self.client.request(request, &shared.target);
         ForwardFuture {
             state: ForwardState::Upstream {
-                response: tokio::time::timeout(shared.timeouts.response, response),
+                response,
+                deadline: ResponseDeadline::after(shared.timeouts.response, woken_every),
                 body_idle: shared.timeouts.body_idle,
                 origin,
                 shared: Arc::clone(shared),
@@ -250,8 +265,8 @@ pin_project! {
         Gateway { kind: Option<ErrorKind> },
         // Waiting for the upstream's response head, within the response timeout.
         Upstream {
-            #[pin]
-            response: Timeout<client::ResponseFuture>,
+            response: client::ResponseFuture,
+            deadline: ResponseDeadline,
             body_idle: Duration,
             origin: Option<ClientOrigin>,
             shared: Arc<ForwardShared>,
@@ -278,18 +293,20 @@ impl Future for ForwardFuture {
             }
             ForwardStateProj::Upstream {
                 response,
+                deadline,
                 body_idle,
                 origin,
                 shared,
             } => {
-                let response = match ready!(response.poll(cx)) {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(error)) => {
+                let response = match response.as_mut().poll(cx) {
+                    Poll::Ready(Ok(response)) => response,
+                    Poll::Ready(Err(error)) => {
                         let kind = error.kind();
                         tracing::debug!(kind = kind.as_str(), error = %error, "upstream request failed");
                         return Poll::Ready(Ok(kind.response().map(ProxyBody::answer)));
                     }
-                    Err(_elapsed) => {
+                    Poll::Pending => {
+                        ready!(deadline.poll_passed(cx));
                         tracing::debug!("upstream response head timed out");
                         return Poll::Ready(Ok(ErrorKind::Timeout
                             .response()
