@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Version, header};
+use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::Notify;
@@ -39,6 +39,7 @@ use tokio::sync::futures::OwnedNotified;
 use tower::{Layer, Service};
 
 use crate::error::{AnswerBody, BoxError, DrainingError, ErrorKind};
+use crate::head_timeout;
 
 /// The drain deadline of a shutdown: begun or not, passed or not, and a way to wait for it.
 /// Clones share it.
@@ -218,7 +219,7 @@ where
         };
         let state = match (refusal, permit) {
             (None, Some(permit)) => State::Admitted {
-                polled_by_connection: request.version() < Version::HTTP_2,
+                polled_by_connection: head_timeout::polled_by_connection(request.version()),
                 inner: self.inner.call(request),
                 permit: Some(permit),
                 drain: layer.drain.clone(),

@@ -25,6 +25,14 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+/// Whether a request of `version` is polled by its connection's task: HTTP/1, whose guard
+/// wakes that task at least once per header-read timeout while a request is in progress (see
+/// [`Progress::check`]), and when the drain begins. HTTP/2 streams run in tasks of their own,
+/// which nothing else wakes.
+pub(crate) fn polled_by_connection(version: Version) -> bool {
+    version < Version::HTTP_2
+}
+
 /// What one connection's guard and its requests share.
 pub(crate) struct Progress {
     /// When the connection began serving (after any TLS handshake).
@@ -100,7 +108,7 @@ impl Progress {
 
     fn begin<B>(self: &Arc<Self>, request: &Request<B>) -> InProgress {
         self.started.store(true, Ordering::Relaxed);
-        if request.version() == Version::HTTP_2 {
+        if !polled_by_connection(request.version()) {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         self.in_progress.fetch_add(1, Ordering::AcqRel);

@@ -73,14 +73,19 @@ mod tests {
         deadline.poll_passed_at(now, &mut Context::from_waker(std::task::Waker::noop()))
     }
 
-    #[tokio::test]
-    async fn a_far_deadline_waits_for_the_outside_wake_then_arms_a_timer() {
-        let start = Instant::now();
-        let mut deadline = ResponseDeadline {
+    /// Due 30 s after `start`, for a task woken at least every 10 s.
+    fn due_in_30_s_woken_every_10_s(start: Instant) -> ResponseDeadline {
+        ResponseDeadline {
             at: start + 30 * SECOND,
             woken_every: Some(10 * SECOND),
             timer: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_far_deadline_waits_for_the_outside_wake_then_arms_a_timer() {
+        let start = Instant::now();
+        let mut deadline = due_in_30_s_woken_every_10_s(start);
         assert!(at(&mut deadline, start).is_pending());
         assert!(
             deadline.timer.is_none(),
@@ -95,11 +100,7 @@ mod tests {
     #[tokio::test]
     async fn a_passed_deadline_is_ready_without_a_timer() {
         let start = Instant::now();
-        let mut deadline = ResponseDeadline {
-            at: start + 30 * SECOND,
-            woken_every: Some(10 * SECOND),
-            timer: None,
-        };
+        let mut deadline = due_in_30_s_woken_every_10_s(start);
         assert!(at(&mut deadline, start + 31 * SECOND).is_ready());
         assert!(deadline.timer.is_none());
     }

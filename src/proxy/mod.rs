@@ -40,6 +40,7 @@ use tower::Service;
 
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::{AnswerBody, ErrorKind};
+use crate::head_timeout;
 use client::{Target, UpstreamClient};
 use deadline::ResponseDeadline;
 use headers::Names;
@@ -202,10 +203,9 @@ where
         let shared = &self.shared;
         // Before the version is rewritten below: an HTTP/1 request is polled by its
         // connection's task, which the listener wakes while the request is in flight.
-        let woken_every = match request.version() {
-            Version::HTTP_2 | Version::HTTP_3 => None,
-            _ => shared.http1_woken_every,
-        };
+        let woken_every = shared
+            .http1_woken_every
+            .filter(|_| head_timeout::polled_by_connection(request.version()));
         // Changed in place: taking the request apart and putting it together again moved it
         // twice (callgrind: a `memcpy` of its parts each time).
         let client_uri = std::mem::take(request.uri_mut());
