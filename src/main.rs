@@ -8,7 +8,7 @@ use clap::Parser;
 use acsgate::catalogue::Catalogue;
 use acsgate::cli::{Cli, Command, LogFormat};
 use acsgate::config::{Config, DEFAULT_ADMIN, DEFAULT_LOG_LEVEL, Settings};
-use acsgate::reload::ReloadHook;
+use acsgate::reload::{ConfigWatch, ReloadHook};
 use acsgate::server::Gateway;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -53,11 +53,13 @@ async fn run(cli: Cli, log_filter: Option<LogFilter>) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let config = Config::from_settings(settings).map_err(|e| e.to_string())?;
+            // Watching before listening: once the gateway answers, no edit or SIGHUP is lost.
+            let watch = ConfigWatch::start(cli.config, &config);
             let gateway = Gateway::start(&config).await.map_err(|e| e.to_string())?;
             let apply_log_level = log_filter.map(|filter| -> ReloadHook {
                 Arc::new(move |config: &Config| filter.apply(&config.log_level))
             });
-            gateway.watch_config(reload_source, cli.config, apply_log_level);
+            gateway.watch_config(watch, reload_source, apply_log_level);
             gateway.run_until_signal().await;
             Ok(())
         }

@@ -399,73 +399,110 @@ fn keep_socket_settings(running: &Config, next: &mut Config) -> Vec<&'static str
     changed
 }
 
-/// Reloads on `SIGHUP` and whenever the contents of the config file, a catalogue file or the
-/// extra CA file change, until `stop` is cancelled. Files are watched through their
-/// directories, so an editor's rename-over and a Kubernetes ConfigMap's symlink swap are both
-/// seen; a change is acted on when the contents differ from the last ones read.
-pub async fn watch(
-    reloader: Arc<dyn Reload>,
-    source: ConfigSource,
+/// What a reload watches for: `SIGHUP`, and changes to the contents of the config file, a
+/// catalogue file or the extra CA file. Files are watched through their directories, so an
+/// editor's rename-over and a Kubernetes ConfigMap's symlink swap are both seen; a change is
+/// acted on when the contents differ from the last ones read.
+///
+/// [`ConfigWatch::start`] takes the signal and the files in hand at once, so the binary
+/// starts it before its listeners: once the gateway answers, a `SIGHUP` reloads (instead of
+/// terminating the process, its default action) and an edit is not missed.
+pub struct ConfigWatch {
     config_file: Option<PathBuf>,
-    on_reload: Option<ReloadHook>,
-    stop: CancellationToken,
-) {
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    events_tx: mpsc::UnboundedSender<()>,
+    events: mpsc::UnboundedReceiver<()>,
     // Started with the first file to watch: the watcher is a thread, and a thread watching
     // nothing would only make every system call of the process pay for a multi-threaded
     // process (glibc's cancellation points: about 200 instructions per proxied request).
-    let mut watcher = Watcher::NotStarted;
-    let mut hangups = Hangups::new();
-    let mut files = watched_files(config_file.as_deref(), &reloader.config());
-    let mut watched_dirs = Vec::new();
-    let mut last_read = fingerprint(&files);
-    loop {
-        if !files.is_empty()
-            && let Some(watcher) = watcher.started(&events_tx)
-        {
-            watch_dirs(watcher, &files, &mut watched_dirs);
-        }
-        let cause = tokio::select! {
-            () = stop.cancelled() => return,
-            () = hangups.recv() => "SIGHUP",
-            Some(()) = events.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while events.try_recv().is_ok() {}
-                if fingerprint(&files) == last_read {
-                    continue;
-                }
-                "file change"
-            }
+    watcher: Watcher,
+    watched_dirs: Vec<PathBuf>,
+    hangups: Hangups,
+    files: Vec<PathBuf>,
+    last_read: u64,
+}
+
+impl ConfigWatch {
+    /// Starts watching for `SIGHUP` and for changes to the files of `config` (read from
+    /// `config_file`, if any). Must be called within a Tokio runtime.
+    pub fn start(config_file: Option<PathBuf>, config: &Config) -> ConfigWatch {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut watch = ConfigWatch {
+            config_file,
+            events_tx,
+            events,
+            watcher: Watcher::NotStarted,
+            watched_dirs: Vec::new(),
+            hangups: Hangups::new(),
+            files: Vec::new(),
+            last_read: 0,
         };
-        match reloader.reload(source()) {
-            Ok(summary) => {
-                if let Some(hook) = &on_reload {
-                    hook(&reloader.config());
+        watch.watch_files_of(config);
+        watch
+    }
+
+    /// Reloads `reloader` from `source` on every `SIGHUP` and file change, until `stop` is
+    /// cancelled; `on_reload` then sees each new configuration.
+    pub async fn run(
+        mut self,
+        reloader: Arc<dyn Reload>,
+        source: ConfigSource,
+        on_reload: Option<ReloadHook>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let cause = tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.hangups.recv() => "SIGHUP",
+                Some(()) = self.events.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while self.events.try_recv().is_ok() {}
+                    if fingerprint(&self.files) == self.last_read {
+                        continue;
+                    }
+                    "file change"
                 }
-                for key in &summary.needs_restart {
-                    tracing::warn!(
-                        key,
-                        "setting changed; it needs a restart, keeping the running value"
+            };
+            match reloader.reload(source()) {
+                Ok(summary) => {
+                    if let Some(hook) = &on_reload {
+                        hook(&reloader.config());
+                    }
+                    for key in &summary.needs_restart {
+                        tracing::warn!(
+                            key,
+                            "setting changed; it needs a restart, keeping the running value"
+                        );
+                    }
+                    tracing::info!(
+                        cause,
+                        routes = summary.routes,
+                        added = ?summary.added,
+                        removed = ?summary.removed,
+                        "configuration reloaded"
                     );
                 }
-                tracing::info!(
-                    cause,
-                    routes = summary.routes,
-                    added = ?summary.added,
-                    removed = ?summary.removed,
-                    "configuration reloaded"
-                );
+                Err(error) => {
+                    tracing::error!(cause, %error, "configuration reload refused; the running configuration keeps serving")
+                }
             }
-            Err(error) => {
-                tracing::error!(cause, %error, "configuration reload refused; the running configuration keeps serving")
-            }
+            self.watch_files_of(&reloader.config());
         }
-        files = watched_files(config_file.as_deref(), &reloader.config());
-        last_read = fingerprint(&files);
+    }
+
+    /// Watches the files `config` was read from (the watcher first, so no change is missed
+    /// between reading them and watching) and remembers their contents.
+    fn watch_files_of(&mut self, config: &Config) {
+        self.files = watched_files(self.config_file.as_deref(), config);
+        if !self.files.is_empty()
+            && let Some(watcher) = self.watcher.started(&self.events_tx)
+        {
+            watch_dirs(watcher, &self.files, &mut self.watched_dirs);
+        }
+        self.last_read = fingerprint(&self.files);
     }
 }
 
-/// The file watcher of [`watch`], started when there is a file to watch.
+/// The file watcher of a [`ConfigWatch`], started when there is a file to watch.
 enum Watcher {
     NotStarted,
     Started(RecommendedWatcher),

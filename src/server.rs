@@ -32,7 +32,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -68,7 +67,7 @@ use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::client::ClientError;
 use crate::proxy::{Forward, Peer};
 use crate::reload::{
-    self, ConfigSource, Pipeline, Reload, ReloadError, ReloadHook, ReloadSummary, Reloader,
+    ConfigSource, ConfigWatch, Pipeline, Reload, ReloadError, ReloadHook, ReloadSummary, Reloader,
     Reloading, Shared,
 };
 use crate::tls::{TlsAccept, TlsError};
@@ -238,19 +237,17 @@ impl Gateway {
         self.reloader.reload(Ok(config))
     }
 
-    /// Reloads from `source` on `SIGHUP` and whenever `config_file`, a catalogue file or the
-    /// extra CA file changes, until the gateway drains; `on_reload` then sees each new
-    /// configuration.
+    /// Reloads from `source` whenever `watch` sees a `SIGHUP` or a file change, until the
+    /// gateway drains; `on_reload` then sees each new configuration.
     pub fn watch_config(
         &self,
+        watch: ConfigWatch,
         source: ConfigSource,
-        config_file: Option<PathBuf>,
         on_reload: Option<ReloadHook>,
     ) {
-        tokio::spawn(reload::watch(
+        tokio::spawn(watch.run(
             Arc::clone(&self.reloader),
             source,
-            config_file,
             on_reload,
             self.stop_watching.clone(),
         ));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use acsgate::config::{Config, Settings};
-use acsgate::reload::{ReloadError, ReloadSummary};
+use acsgate::reload::{ConfigSource, ConfigWatch, ReloadError, ReloadSummary};
 use acsgate::server::Gateway;
 use http::{Method, StatusCode};
 use support::faults::GatewayProcess;
@@ -331,6 +331,50 @@ async fn buckets_and_labels_change_on_reload() {
     fixture.gateway.shutdown().await;
 }
 
+/// The watch takes the files in hand when it starts, before the gateway serves: an edit made
+/// before the watching task first runs is still reloaded.
+#[tokio::test]
+async fn an_edit_made_as_the_gateway_starts_is_reloaded() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("early-edit");
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let source: ConfigSource = {
+        let (url, file) = (upstream.url(), file.clone());
+        Arc::new(move || {
+            let settings = Settings {
+                catalogue: Some(vec![file.clone()]),
+                ..settings(&url)
+            };
+            Config::from_settings(settings).map_err(|e| e.to_string())
+        })
+    };
+    let config = source().expect("valid settings");
+    let watch = ConfigWatch::start(None, &config);
+    let gateway = Gateway::start(&config).await.unwrap();
+    dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/beta", "Beta")]),
+    );
+    gateway.watch_config(watch, source, None);
+
+    let metrics = scrape_until(gateway.admin_addr(), |m| {
+        m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
+        1.0,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(get(&gateway, "/custom/beta").await, StatusCode::OK);
+    assert_eq!(count(&scrape(gateway.admin_addr()).await, "Beta"), 1.0);
+    gateway.shutdown().await;
+}
+
 /// The binary with a config file: a catalogue edit reloads it without a signal, SIGHUP reloads
 /// it too, a broken config file is refused, and a steady stream of HTTP/1.1 and h2c requests
 /// across all of it gets every answer, counted exactly once, the counts never going backwards.
@@ -469,10 +513,16 @@ async fn the_log_level_changes_on_reload() {
     let logged = || std::fs::read_to_string(&log).unwrap();
 
     dir.write("acsgate.toml", "log_level = \"info\"\n");
-    scrape_until(gateway.admin, |m| {
+    let metrics = scrape_until(gateway.admin, |m| {
         m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= 1.0
     })
     .await;
+    assert_eq!(
+        metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
+        1.0,
+        "the edit was not reloaded: {}",
+        logged()
+    );
     // The reload's own info line is written after the new level applies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !logged().contains("configuration reloaded") {
