@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -119,6 +120,20 @@ async fn get(gateway: &Gateway, path: &str) -> StatusCode {
 
 fn count(metrics: &support::Metrics, operation: &str) -> f64 {
     metrics.sum("acsgate_requests_total", &[("operation", operation)])
+}
+
+/// Scrapes until `n` reloads have succeeded (the scrape gives up after a while) and checks
+/// that exactly `n` did; `context` says what to show when not.
+async fn assert_reloaded(
+    admin: SocketAddr,
+    n: f64,
+    context: impl Fn(&support::Metrics) -> String,
+) -> support::Metrics {
+    let successes =
+        |m: &support::Metrics| m.sum("acsgate_config_reloads_total", &[("result", "success")]);
+    let metrics = scrape_until(admin, |m| successes(m) >= n).await;
+    assert_eq!(successes(&metrics), n, "{}", context(&metrics));
+    metrics
 }
 
 #[tokio::test]
@@ -360,16 +375,7 @@ async fn an_edit_made_as_the_gateway_starts_is_reloaded() {
     );
     gateway.watch_config(watch, source, None);
 
-    let metrics = scrape_until(gateway.admin_addr(), |m| {
-        m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= 1.0
-    })
-    .await;
-    assert_eq!(
-        metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
-        1.0,
-        "{}",
-        metrics.text
-    );
+    assert_reloaded(gateway.admin_addr(), 1.0, |m| m.text.clone()).await;
     assert_eq!(get(&gateway, "/custom/beta").await, StatusCode::OK);
     assert_eq!(count(&scrape(gateway.admin_addr()).await, "Beta"), 1.0);
     gateway.shutdown().await;
@@ -416,11 +422,6 @@ async fn the_binary_reloads_under_load_without_losing_a_request() {
         }));
     }
 
-    let reloads = |n: f64| {
-        move |m: &support::Metrics| {
-            m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= n
-        }
-    };
     let mut last_total = 0.0;
     for round in 1..=6u32 {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -438,13 +439,10 @@ async fn the_binary_reloads_under_load_without_losing_a_request() {
                 .unwrap();
             assert!(status.success());
         }
-        let metrics = scrape_until(gateway.admin, reloads(f64::from(round))).await;
-        assert_eq!(
-            metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
-            f64::from(round),
-            "round {round}: {}",
-            metrics.text
-        );
+        let metrics = assert_reloaded(gateway.admin, f64::from(round), |m| {
+            format!("round {round}: {}", m.text)
+        })
+        .await;
         let total = metrics.sum("acsgate_requests_total", &[("api", "identity")]);
         assert!(
             total >= last_total,
@@ -513,16 +511,10 @@ async fn the_log_level_changes_on_reload() {
     let logged = || std::fs::read_to_string(&log).unwrap();
 
     dir.write("acsgate.toml", "log_level = \"info\"\n");
-    let metrics = scrape_until(gateway.admin, |m| {
-        m.sum("acsgate_config_reloads_total", &[("result", "success")]) >= 1.0
+    assert_reloaded(gateway.admin, 1.0, |_| {
+        format!("the edit was not reloaded: {}", logged())
     })
     .await;
-    assert_eq!(
-        metrics.sum("acsgate_config_reloads_total", &[("result", "success")]),
-        1.0,
-        "the edit was not reloaded: {}",
-        logged()
-    );
     // The reload's own info line is written after the new level applies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !logged().contains("configuration reloaded") {
