@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
-# formatting, lints, the ring-only TLS guard, then every unit and end-to-end test.
+# formatting, lints, the API docs' links, the ring-only TLS guard, then every unit and
+# end-to-end test.
 # Tests use loopback sockets only; besides the Rust toolchain they need a real Prometheus
 # (prometheus and promtool, from Debian's package), installed here when missing.
 set -euo pipefail
@@ -13,6 +14,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo doc (broken or private intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 
 step "TLS stays on ring (aws-lc-rs doubles the build)"
 if cargo tree --locked -i aws-lc-rs >/dev/null 2>&1; then

@@ -32,7 +32,7 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 #[derive(Clone, Debug, Default, clap::Args, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// ACS endpoint to forward to, e.g. https://myresource.communication.azure.com
+    /// ACS endpoint to forward to, e.g. `https://myresource.communication.azure.com`
     #[arg(long, env = "ACSGATE_UPSTREAM", global = true)]
     pub upstream: Option<String>,
 

@@ -94,7 +94,8 @@ impl<S> Layer<S> for RecordLayer {
     }
 }
 
-/// Service that records each request exactly once; see the [module docs](self).
+/// Service that records each request exactly once: when its response body ends or fails, or
+/// when the request or the body is dropped first (a client that went away, a panic below).
 #[derive(Clone)]
 pub struct Record<S> {
     inner: S,
