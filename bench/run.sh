@@ -41,86 +41,17 @@ LOAD_CPU=${LOAD_CPU:-0}
 ACSGATE_BIN=${ACSGATE_BIN:-}        # default: target/release/acsgate (built unless --no-build)
 FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_floor (likewise)
 
-# ----------------------------------------------------------------------- prerequisites ----
-need=()
-for tool in nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client socat:socat curl:curl; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$INSTALL" = 1 ]; then
-    apt-get update && apt-get install -y --no-install-recommends "${need[@]}"
-  else
-    echo "bench/run.sh needs: apt-get install ${need[*]}   (or run with --install)" >&2
-    exit 1
-  fi
-fi
-for tool in python3 taskset; do
-  command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool" >&2; exit 1; }
-done
-if [ -z "$ACSGATE_BIN" ]; then
-  ACSGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/acsgate"
-  if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --bin acsgate); fi
-fi
-[ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
-if [[ " $TARGETS " == *" hyper-floor "* ]] && [ -z "$FLOOR_BIN" ]; then
-  FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"
-  if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --example hyper_floor); fi
-fi
-
-TMP="$(mktemp -d -t acsgate-bench.XXXXXX)"
-chmod 755 "$TMP"   # nginx workers (www-data) read the streaming file from here
+# ---------------------------------------------------------------- shared with others ----
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+require bench/run.sh nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client \
+  socat:socat curl:curl python3:python3 taskset:util-linux
+if [[ " $TARGETS " == *" hyper-floor "* ]]; then binaries floor; else binaries; fi
+bench_tmp
 RESULTS="$TMP/results.tsv"
-echo "bench: results in $TMP" >&2
+EXTRA=""   # more fields for measure's line (the streaming phase's RSS before)
 
-# Ports.
-UP=$BASE_PORT
-declare -A LISTEN=([direct]=$UP [nginx]=$((UP + 1)) [haproxy]=$((UP + 3)) [caddy]=$((UP + 5))
-                   [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)) [nginx-stream]=$((UP + 1))
-                   [socat]=$((UP + 11)) [hyper-floor]=$((UP + 12)))
-# Streaming paths by target (nginx-stream is nginx's unbuffered /stream/ location).
-declare -A STREAM_PREFIX=([nginx-stream]=/stream)
-declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7)))
-declare -A ADMIN=([haproxy]=$((UP + 9)) [caddy]=$((UP + 10)) [acsgate]=$((UP + 8)) [acsgate-2t]=$((UP + 8)))
-
-render() { # template -> $TMP/name with placeholders filled in
-  sed -e "s#@TMP@#$TMP#g" -e "s#@UP_PORT@#$UP#g" -e "s#@LISTEN_PORT@#$2#g" \
-      -e "s#@H2_PORT@#${3:-0}#g" -e "s#@METRICS_PORT@#${4:-0}#g" "$HERE/conf/$1" > "$TMP/$1"
-}
-
-# ------------------------------------------------------------------- process control ----
-PIDS=() EXTRA=""
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-
-# start CPUS NAME CMD...: runs CMD in its own process group (pinned to CPUS unless "all");
-# the process group id is left in $STARTED.
-start() {
-  local cpus=$1 name=$2; shift 2
-  if [ "$cpus" = all ]; then setsid "$@" >"$TMP/$name.out" 2>&1 &
-  else setsid taskset -c "$cpus" "$@" >"$TMP/$name.out" 2>&1 & fi
-  STARTED=$!
-  PIDS+=("$STARTED")
-}
-stop() { # stop PGID
-  kill -TERM -- "-$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-  local kept=(); for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done; PIDS=("${kept[@]}")
-}
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listening on $1; logs in $TMP" >&2; exit 1
-}
-tree() { # the pids of a process group
-  ps -o pid= -g "$1" 2>/dev/null | tr -s ' \n' ' '
-}
+# ------------------------------------------------------------------------- measuring ----
 cpu_ticks() { # utime+stime of every process in the group, and of its reaped children, in clock ticks
   local sum=0 pid; for pid in $(tree "$1"); do
     [ -r "/proc/$pid/stat" ] || continue
@@ -137,51 +68,6 @@ hwm_kb() { # sum of VmHWM over the group
 }
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
-
-# --------------------------------------------------------------------------- targets ----
-start_upstream() {
-  render upstream.nginx.conf "$UP"
-  truncate -s "${STREAM_MIB}M" "$TMP/big.bin"   # sparse: no disk space used
-  start "$LOAD_CPU" upstream nginx -e "$TMP/upstream-error.log" -c "$TMP/upstream.nginx.conf"
-  UPSTREAM=$STARTED
-  wait_port "$UP"
-}
-
-# start_target NAME CPUS: starts the proxy NAME; its process group id in $PROXY ("" = direct)
-start_target() {
-  local name=$1 cpus=$2
-  PROXY=""
-  case "$name" in
-    direct) return 0 ;;
-    nginx|nginx-stream)
-      render proxy.nginx.conf "${LISTEN[nginx]}" "${H2[nginx]}"
-      start "$cpus" nginx nginx -e "$TMP/nginx-proxy-error.log" -c "$TMP/proxy.nginx.conf" ;;
-    haproxy)
-      render haproxy.cfg "${LISTEN[haproxy]}" "${H2[haproxy]}" "${ADMIN[haproxy]}"
-      start "$cpus" haproxy haproxy -db -f "$TMP/haproxy.cfg" ;;
-    socat) # the plainest user-space relay: TCP bytes copied through 256 KiB buffers
-      start "$cpus" socat socat -b 262144 "TCP-LISTEN:${LISTEN[socat]},bind=127.0.0.1,reuseaddr,fork" \
-        "TCP:127.0.0.1:$UP" ;;
-    caddy)
-      render Caddyfile "${LISTEN[caddy]}" "" "${ADMIN[caddy]}"
-      start "$cpus" caddy env GOMAXPROCS=1 HOME="$TMP" XDG_DATA_HOME="$TMP" XDG_CONFIG_HOME="$TMP" \
-        caddy run --adapter caddyfile --config "$TMP/Caddyfile" ;;
-    hyper-floor) # the floor of any proxy built on hyper (examples/hyper_floor.rs)
-      start "$cpus" hyper-floor "$FLOOR_BIN" "127.0.0.1:${LISTEN[$name]}" "127.0.0.1:$UP" ;;
-    acsgate|acsgate-2t)
-      local threads=1; [ "$name" = acsgate-2t ] && threads=2
-      start "$cpus" "$name" env RUST_LOG=warn "$ACSGATE_BIN" --worker-threads "$threads" \
-        --listen "127.0.0.1:${LISTEN[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
-        --upstream "http://127.0.0.1:$UP" ;;
-  esac
-  PROXY=$STARTED
-  wait_port "${LISTEN[$name]}"
-  # sanity: an ACS call passes through with the upstream's answer
-  local body
-  body=$(curl -sS --max-time 5 -X POST -H 'content-type: application/json' -d '{"content":"hi"}' \
-    "http://127.0.0.1:${LISTEN[$name]}/chat/threads/19:abc@thread.v2/messages?api-version=2021-09-07")
-  [ "$body" = '{"id":"1"}' ] || { echo "$name answered '$body'; logs in $TMP" >&2; exit 1; }
-}
 
 # measure KIND ROUND NAME CMD...: runs the load command (pinned to LOAD_CPU by the caller),
 # and appends one line to results.tsv: the load's @@RESULT fields plus the proxy's CPU per

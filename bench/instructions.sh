@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: acsgate (one worker
+# thread, every metric on) and hyper-floor under wrk's ACS mix, against the same nginx upstream
+# as bench/run.sh; see bench/README.md.
+#
+#   bench/instructions.sh [--install] [--no-build]
+#
+# Needs: valgrind nginx wrk curl taskset. It installs nothing unless --install is given. Where
+# run.sh's timings move 5-15% with the host, these counts repeat: two runs of one build agree
+# within about 0.3%, so a change of a few hundred instructions per request shows. Under a
+# minute.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+
+INSTALL=0 BUILD=1
+for arg in "$@"; do
+  case "$arg" in
+    --install) INSTALL=1 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+TARGETS=${TARGETS:-"acsgate hyper-floor"}
+DURATION=${DURATION:-8}             # seconds counted (after a 3 s warm-up, not counted)
+CONNS=${CONNS:-16}                  # wrk: 1 thread, 16 connections
+BASE_PORT=${BASE_PORT:-28180}
+PROXY_CPU=${PROXY_CPU:-1}           # valgrind runs the proxy on one core; wrk and the upstream get LOAD_CPU
+LOAD_CPU=${LOAD_CPU:-0}
+STREAM_MIB=1                        # the upstream's streaming file, unused here
+ACSGATE_BIN=${ACSGATE_BIN:-}        # default: target/release/acsgate (built unless --no-build)
+FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_floor (likewise)
+
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+require bench/instructions.sh valgrind:valgrind nginx:nginx wrk:wrk curl:curl taskset:util-linux
+if [[ " $TARGETS " == *" hyper-floor "* ]]; then binaries floor; else binaries; fi
+bench_tmp
+WAIT_SECONDS=60   # a proxy starts in seconds under valgrind
+WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$TMP/callgrind.%p")
+
+mix() { # mix PORT SECONDS: wrk's ACS mix; prints wrk's @@RESULT line
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${2}s" -s "$HERE/mix.lua" "http://127.0.0.1:$1" |
+    grep -m1 '^@@RESULT'
+}
+
+start_upstream
+declare -A REQUESTS=() COUNTED=()
+for t in $TARGETS; do
+  start_target "$t" "$PROXY_CPU"
+  mix "${LISTEN[$t]}" 3 >/dev/null
+  # Counted: from the zeroing to the dump, which is when wrk runs and only then.
+  callgrind_control --zero "$PROXY" >/dev/null 2>&1
+  result=$(mix "${LISTEN[$t]}" "$DURATION")
+  callgrind_control --dump=counted "$PROXY" >/dev/null 2>&1
+  REQUESTS[$t]=$(grep -oP 'requests=\K\d+' <<<"$result")
+  dump=$(grep -l '^desc: Trigger: .*counted' "$TMP/callgrind.$PROXY".* | head -1)
+  COUNTED[$t]=$(grep -m1 -oP '^(summary|totals): \K\d+' "$dump")
+  stop "$PROXY"
+  echo "  $t: ${REQUESTS[$t]} requests, ${COUNTED[$t]} instructions ($dump)" >&2
+done
+stop_all
+
+per_request() { echo $(( COUNTED[$1] / REQUESTS[$1] )); }
+{
+  echo "## user-space instructions per proxied request (callgrind; wrk 1 thread × $CONNS connections, ACS mix, ${DURATION} s)"
+  echo
+  echo "| target | requests | instructions | per request | × hyper-floor |"
+  echo "|---|---|---|---|---|"
+  for t in $TARGETS; do
+    ratio="–"
+    [ -n "${COUNTED[hyper-floor]:-}" ] &&
+      ratio=$(awk -v a="$(per_request "$t")" -v b="$(per_request hyper-floor)" 'BEGIN {printf "%.2f×", a / b}')
+    echo "| $t | ${REQUESTS[$t]} | ${COUNTED[$t]} | $(per_request "$t") | $ratio |"
+  done
+  echo
+  echo "bench: $(valgrind --version), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $("$ACSGATE_BIN" --version)"
+} | tee "$TMP/summary.txt"
