@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by callgrind: acsgate (one worker
-# thread, every metric on) and hyper-floor under wrk's ACS mix, against the same nginx upstream
-# as bench/run.sh; see bench/README.md.
+# thread, every metric on) and hyper-floor under wrk's ACS mix, and acsgate over h2c under
+# h2load, against the same nginx upstream as bench/run.sh; see bench/README.md.
 #
 #   bench/instructions.sh [--install] [--no-build]
 #
-# Needs: valgrind nginx wrk curl taskset. It installs nothing unless --install is given. Where
+# Needs: valgrind nginx wrk h2load curl taskset. It installs nothing unless --install is given. Where
 # run.sh's timings move 5-15% with the host, these counts repeat: two runs of one build agree
 # within about 0.3%, so a change of a few hundred instructions per request shows. Under a
 # minute.
@@ -26,6 +26,7 @@ done
 
 TARGETS=${TARGETS:-"acsgate hyper-floor"}
 DURATION=${DURATION:-8}             # seconds counted (after a 3 s warm-up, not counted)
+H2C=${H2C:-1}                       # 0: no h2c row for acsgate
 CONNS=${CONNS:-16}                  # wrk: 1 thread, 16 connections
 BASE_PORT=${BASE_PORT:-28180}
 PROXY_CPU=${PROXY_CPU:-1}           # valgrind runs the proxy on one core; wrk and the upstream get LOAD_CPU
@@ -36,7 +37,8 @@ FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_flo
 
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
-require bench/instructions.sh valgrind:valgrind nginx:nginx wrk:wrk curl:curl taskset:util-linux
+require bench/instructions.sh valgrind:valgrind nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl \
+  taskset:util-linux
 if [[ " $TARGETS " == *" hyper-floor "* ]]; then binaries floor; else binaries; fi
 bench_tmp
 WAIT_SECONDS=60   # a proxy starts in seconds under valgrind
@@ -47,35 +49,47 @@ mix() { # mix PORT SECONDS: wrk's ACS mix; prints wrk's @@RESULT line
     grep -m1 '^@@RESULT'
 }
 
-start_upstream
+# count ROW LOAD...: runs LOAD (which prints an @@RESULT line) with the proxy's counters zeroed
+# before and dumped after, so that what is counted is what LOAD asked for and nothing else.
 declare -A REQUESTS=() COUNTED=()
+ROWS=()
+count() {
+  local row=$1 label="counted-${#ROWS[@]}" result dump; shift
+  callgrind_control --zero "$PROXY" >/dev/null 2>&1
+  result=$("$@")
+  callgrind_control --dump="$label" "$PROXY" >/dev/null 2>&1
+  REQUESTS[$row]=$(grep -oP 'requests=\K\d+' <<<"$result")
+  dump=$(grep -l "^desc: Trigger: .*$label\$" "$TMP/callgrind.$PROXY".* | head -1)
+  COUNTED[$row]=$(grep -m1 -oP '^(summary|totals): \K\d+' "$dump")
+  ROWS+=("$row")
+  echo "  $row: ${REQUESTS[$row]} requests, ${COUNTED[$row]} instructions ($dump)" >&2
+}
+
+start_upstream
 for t in $TARGETS; do
   start_target "$t" "$PROXY_CPU"
   mix "${LISTEN[$t]}" 3 >/dev/null
-  # Counted: from the zeroing to the dump, which is when wrk runs and only then.
-  callgrind_control --zero "$PROXY" >/dev/null 2>&1
-  result=$(mix "${LISTEN[$t]}" "$DURATION")
-  callgrind_control --dump=counted "$PROXY" >/dev/null 2>&1
-  REQUESTS[$t]=$(grep -oP 'requests=\K\d+' <<<"$result")
-  dump=$(grep -l '^desc: Trigger: .*counted' "$TMP/callgrind.$PROXY".* | head -1)
-  COUNTED[$t]=$(grep -m1 -oP '^(summary|totals): \K\d+' "$dump")
+  count "$t" mix "${LISTEN[$t]}" "$DURATION"
+  if [ "$t" = acsgate ] && [ "$H2C" = 1 ]; then
+    h2_load "${H2[acsgate]}" 3 0 >/dev/null
+    count "acsgate, h2c" h2_load "${H2[acsgate]}" "$DURATION" 0
+  fi
   stop "$PROXY"
-  echo "  $t: ${REQUESTS[$t]} requests, ${COUNTED[$t]} instructions ($dump)" >&2
 done
 stop_all
 
 per_request() { echo $(( COUNTED[$1] / REQUESTS[$1] )); }
 {
-  echo "## user-space instructions per proxied request (callgrind; wrk 1 thread × $CONNS connections, ACS mix, ${DURATION} s)"
+  echo "## user-space instructions per proxied request (callgrind, ${DURATION} s; HTTP/1.1: wrk 1 thread × $CONNS connections, ACS mix; h2c: h2load 8 connections × 8 streams, GET mix)"
   echo
   echo "| target | requests | instructions | per request | × hyper-floor |"
   echo "|---|---|---|---|---|"
-  for t in $TARGETS; do
+  for row in "${ROWS[@]}"; do
     ratio="–"
-    [ -n "${COUNTED[hyper-floor]:-}" ] &&
-      ratio=$(awk -v a="$(per_request "$t")" -v b="$(per_request hyper-floor)" 'BEGIN {printf "%.2f×", a / b}')
-    echo "| $t | ${REQUESTS[$t]} | ${COUNTED[$t]} | $(per_request "$t") | $ratio |"
+    [ -n "${COUNTED[hyper-floor]:-}" ] && [[ "$row" != *h2c ]] &&
+      ratio=$(awk -v a="$(per_request "$row")" -v b="$(per_request hyper-floor)" 'BEGIN {printf "%.2f×", a / b}')
+    echo "| $row | ${REQUESTS[$row]} | ${COUNTED[$row]} | $(per_request "$row") | $ratio |"
   done
   echo
-  echo "bench: $(valgrind --version), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $("$ACSGATE_BIN" --version)"
+  echo "bench: $(valgrind --version), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), h2load $(h2load --version | awk '{print $2}'), $("$ACSGATE_BIN" --version)"
 } | tee "$TMP/summary.txt"

@@ -138,3 +138,23 @@ start_target() {
   [ "$body" = '{"id":"1"}' ] || { echo "$name answered '$body'; logs in $TMP" >&2; exit 1; }
 }
 
+# ---------------------------------------------------------------------------- loads ----
+# h2load over h2c (prior knowledge), 8 connections x 8 streams, GET requests of the mix
+# (h2load cannot mix methods); prints an @@RESULT line like mix.lua's.
+h2_load() { # h2_load PORT SECONDS WARMUP_SECONDS
+  local base="http://127.0.0.1:$1" t="19:abc@thread.v2"
+  taskset -c "$LOAD_CPU" h2load -c8 -m8 -t1 -D "$2" --warm-up-time="$3" \
+    -H 'authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJza3lwZWlkIjoiYWNzOmJlbmNoIn0.c2ln' \
+    -H 'x-ms-client-request-id: 8f6c2b1e-3d4a-4c5b-9e7f-0a1b2c3d4e5f' \
+    "$base/chat/threads/$t/messages?api-version=2021-09-07" "$base/rooms/99413?api-version=2023-06-14" \
+    "$base/routing/jobs/job-1?api-version=2023-11-01" "$base/chat/threads/$t/messages?api-version=2021-09-07&maxPageSize=20" \
+    "$base/unknown/things/1?api-version=2020-01-01" |
+  awk '/^finished in/ {gsub(",", ""); rps = $4}
+       /^requests:/ {done = $8; failed = $10 + $12}
+       /^status codes:/ {non2xx = $5 + $7 + $9}
+       /^time for request:/ {mean = $6}
+       END {
+         # mean is printed with a unit (us/ms/s)
+         m = mean + 0; if (mean ~ /ms$/) m *= 1000; else if (mean ~ /[^mu]s$/) m *= 1e6
+         printf "@@RESULT requests=%d rps=%s mean_us=%d non2xx=%d sockerr=%d\n", done, rps, m, non2xx, failed }'
+}
