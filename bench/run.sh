@@ -27,8 +27,8 @@ done
 if [ "$QUICK" = 1 ]; then   # under 2 minutes; no 1-vs-2-thread phase (it needs the full run's rounds to say anything)
   : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=0}" "${STREAM_REPEATS:=1}"
   : "${STREAM_MIB:=256}"
-else                        # 9.5–11.5 minutes (9 min 13 s on 2026-12-06, 11 min 27 s on 2026-12-07)
-  : "${DURATION:=8}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
+else                        # under 10 minutes (8 s rounds took 9 min 13 s on 2026-12-06, 11 min 27 s on 2026-12-07)
+  : "${DURATION:=6}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
 TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate hyper-floor"}
 CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
@@ -98,7 +98,7 @@ wrk_load() { # wrk_load CPUS PORT SECONDS [THREADS] [-- mix.lua args]
 
 # ----------------------------------------------------------------------------- phases ----
 start_upstream
-echo "bench: saturation + paced ${PACED_RATE} req/s, proxy on CPU $PROXY_CPU, load + upstream on CPU $LOAD_CPU" >&2
+echo "bench: [${SECONDS} s] saturation + paced ${PACED_RATE} req/s, proxy on CPU $PROXY_CPU, load + upstream on CPU $LOAD_CPU" >&2
 for round in $(seq "$REPEATS"); do
   for t in $TARGETS; do
     start_target "$t" "$PROXY_CPU"
@@ -109,7 +109,7 @@ for round in $(seq "$REPEATS"); do
   done
 done
 
-echo "bench: acsgate 1 vs 2 worker threads, nothing pinned, wrk -t2" >&2
+echo "bench: [${SECONDS} s] acsgate 1 vs 2 worker threads, nothing pinned, wrk -t2" >&2
 for round in $(seq "$SCALE_REPEATS"); do
   for t in acsgate acsgate-2t; do
     start_target "$t" all
@@ -119,7 +119,7 @@ for round in $(seq "$SCALE_REPEATS"); do
   done
 done
 
-echo "bench: h2c, h2load 8 connections x 8 streams" >&2
+echo "bench: [${SECONDS} s] h2c, h2load 8 connections x 8 streams" >&2
 for round in $(seq "$H2_REPEATS"); do
   for t in nginx haproxy caddy acsgate; do
     [[ " $TARGETS " == *" $t "* ]] || continue
@@ -129,7 +129,7 @@ for round in $(seq "$H2_REPEATS"); do
   done
 done
 
-echo "bench: streaming ${STREAM_MIB} MiB down and up: $STREAM_TARGETS, nothing pinned" >&2
+echo "bench: [${SECONDS} s] streaming ${STREAM_MIB} MiB down and up: $STREAM_TARGETS, nothing pinned" >&2
 # stream_load down|up URL: prints an @@RESULT line: bytes and rate (bytes/s) of a download of
 # /big or an upload (PUT, no 100-continue round trip) to /sink.
 stream_load() {
@@ -163,5 +163,6 @@ for round in $(seq "$STREAM_REPEATS"); do
 done
 
 stop_all
+echo "bench: [${SECONDS} s] done" >&2
 python3 "$HERE/summarize.py" "$RESULTS" | tee "$TMP/summary.txt"
 echo "bench: machine: $(nproc) CPUs; versions: $(nginx -v 2>&1 | cut -d/ -f2), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), caddy $(caddy version | cut -d' ' -f1), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}'), $(socat -V | awk '/socat version/ {print "socat", $3}'), $("$ACSGATE_BIN" --version)" | tee -a "$TMP/summary.txt"
