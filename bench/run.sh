@@ -27,7 +27,7 @@ done
 if [ "$QUICK" = 1 ]; then   # under 2 minutes; no 1-vs-2-thread phase (it needs the full run's rounds to say anything)
   : "${DURATION:=2}" "${WARMUP:=1}" "${REPEATS:=3}" "${H2_REPEATS:=1}" "${SCALE_REPEATS:=0}" "${STREAM_REPEATS:=1}"
   : "${STREAM_MIB:=256}"
-else                        # under 10 minutes (8 s rounds took 9 min 13 s on 2026-12-06, 11 min 27 s on 2026-12-07)
+else                        # 7.6 minutes here (2026-12-07); 8 s rounds took 9 min 13 s on 2026-12-06, about 9.5 on 2026-12-07
   : "${DURATION:=6}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
 TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate hyper-floor"}
