@@ -54,7 +54,10 @@ async fn run(cli: Cli, log_filter: Option<LogFilter>) -> Result<(), String> {
         Command::Run => {
             let config = Config::from_settings(settings).map_err(|e| e.to_string())?;
             // Watching before listening: once the gateway answers, no edit or SIGHUP is lost.
-            let watch = ConfigWatch::start(cli.config, &config);
+            // The configuration is read again once the files are watched, so that an edit
+            // landing between the first read and the watch is not lost either.
+            let watch = ConfigWatch::start(cli.config.clone(), &config);
+            let config = reload_source()?;
             let gateway = Gateway::start(&config).await.map_err(|e| e.to_string())?;
             let apply_log_level = log_filter.map(|filter| -> ReloadHook {
                 Arc::new(move |config: &Config| filter.apply(&config.log_level))

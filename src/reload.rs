@@ -436,7 +436,7 @@ impl ConfigWatch {
             files: Vec::new(),
             last_read: 0,
         };
-        watch.watch_files_of(config);
+        watch.watch_files_of(config, None);
         watch
     }
 
@@ -462,6 +462,9 @@ impl ConfigWatch {
                     "file change"
                 }
             };
+            // Taken before the read: an edit landing while the reload reads the files then
+            // differs from it, and its event reloads again instead of being taken as read.
+            let before_read = fingerprint(&self.files);
             match reloader.reload(source()) {
                 Ok(summary) => {
                     if let Some(hook) = &on_reload {
@@ -485,20 +488,25 @@ impl ConfigWatch {
                     tracing::error!(cause, %error, "configuration reload refused; the running configuration keeps serving")
                 }
             }
-            self.watch_files_of(&reloader.config());
+            self.watch_files_of(&reloader.config(), Some(before_read));
         }
     }
 
-    /// Watches the files `config` was read from (the watcher first, so no change is missed
-    /// between reading them and watching) and remembers their contents.
-    fn watch_files_of(&mut self, config: &Config) {
-        self.files = watched_files(self.config_file.as_deref(), config);
-        if !self.files.is_empty()
+    /// Watches the files `config` was read from and remembers their contents: as they were
+    /// before the read (`before_read`) when they are the same files, else as they are now,
+    /// read once the watcher is on them, so that a later change raises an event.
+    fn watch_files_of(&mut self, config: &Config, before_read: Option<u64>) {
+        let files = watched_files(self.config_file.as_deref(), config);
+        if !files.is_empty()
             && let Some(watcher) = self.watcher.started(&self.events_tx)
         {
-            watch_dirs(watcher, &self.files, &mut self.watched_dirs);
+            watch_dirs(watcher, &files, &mut self.watched_dirs);
         }
-        self.last_read = fingerprint(&self.files);
+        self.last_read = match before_read {
+            Some(before_read) if files == self.files => before_read,
+            _ => fingerprint(&files),
+        };
+        self.files = files;
     }
 }
 

@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,14 +30,20 @@ impl TempDir {
         TempDir(dir)
     }
 
-    /// Writes `contents` to `name` the way editors and ConfigMaps do: aside, then renamed over.
+    /// Writes `contents` to `name`; see [`write_over`].
     fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let aside = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&aside, contents).unwrap();
-        std::fs::rename(&aside, &path).unwrap();
-        path
+        write_over(&self.0, name, contents)
     }
+}
+
+/// Writes `contents` to `name` in `dir` the way editors and ConfigMaps do: aside, then renamed
+/// over.
+fn write_over(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    let aside = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&aside, contents).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
+    path
 }
 
 impl Drop for TempDir {
@@ -346,29 +352,51 @@ async fn buckets_and_labels_change_on_reload() {
     fixture.gateway.shutdown().await;
 }
 
+/// What a library gateway reloads from: the upstream and `catalogue`; `after_read` runs after
+/// each read.
+fn catalogue_source(
+    upstream: &Upstream,
+    catalogue: PathBuf,
+    after_read: impl Fn() + Send + Sync + 'static,
+) -> ConfigSource {
+    let url = upstream.url();
+    Arc::new(move || {
+        let settings = Settings {
+            catalogue: Some(vec![catalogue.clone()]),
+            ..settings(&url)
+        };
+        let config = Config::from_settings(settings).map_err(|e| e.to_string());
+        after_read();
+        config
+    })
+}
+
+/// A library gateway serving the catalogue file `custom.toml` in `dir` (`/custom/alpha`
+/// named `Alpha`), with its watch started before it listens; the watching task is not yet
+/// running.
+async fn watched_gateway(
+    upstream: &Upstream,
+    dir: &TempDir,
+    after_read: impl Fn() + Send + Sync + 'static,
+) -> (Gateway, ConfigWatch, ConfigSource) {
+    let file = dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
+    );
+    let source = catalogue_source(upstream, file, after_read);
+    let config = source().expect("valid settings");
+    let watch = ConfigWatch::start(None, &config);
+    let gateway = Gateway::start(&config).await.unwrap();
+    (gateway, watch, source)
+}
+
 /// The watch takes the files in hand when it starts, before the gateway serves: an edit made
 /// before the watching task first runs is still reloaded.
 #[tokio::test]
 async fn an_edit_made_as_the_gateway_starts_is_reloaded() {
     let upstream = Upstream::ok().await;
     let dir = TempDir::new("early-edit");
-    let file = dir.write(
-        "custom.toml",
-        &custom_catalogue(&[("/custom/alpha", "Alpha")]),
-    );
-    let source: ConfigSource = {
-        let (url, file) = (upstream.url(), file.clone());
-        Arc::new(move || {
-            let settings = Settings {
-                catalogue: Some(vec![file.clone()]),
-                ..settings(&url)
-            };
-            Config::from_settings(settings).map_err(|e| e.to_string())
-        })
-    };
-    let config = source().expect("valid settings");
-    let watch = ConfigWatch::start(None, &config);
-    let gateway = Gateway::start(&config).await.unwrap();
+    let (gateway, watch, source) = watched_gateway(&upstream, &dir, || {}).await;
     dir.write(
         "custom.toml",
         &custom_catalogue(&[("/custom/beta", "Beta")]),
@@ -378,6 +406,38 @@ async fn an_edit_made_as_the_gateway_starts_is_reloaded() {
     assert_reloaded(gateway.admin_addr(), 1.0, |m| m.text.clone()).await;
     assert_eq!(get(&gateway, "/custom/beta").await, StatusCode::OK);
     assert_eq!(count(&scrape(gateway.admin_addr()).await, "Beta"), 1.0);
+    gateway.shutdown().await;
+}
+
+/// An edit that lands just after a reload has read the files (here: written by the read
+/// itself, once) is reloaded too: the contents the reload read are remembered as they were
+/// before the read, so the edit's own event finds them changed.
+#[tokio::test]
+async fn an_edit_landing_as_a_reload_reads_is_reloaded_too() {
+    let upstream = Upstream::ok().await;
+    let dir = TempDir::new("edit-during-read");
+    let reads = Arc::new(AtomicU64::new(0));
+    let after_read = {
+        let (dir, reads) = (dir.0.clone(), Arc::clone(&reads));
+        move || {
+            // Read 1 is the gateway's own, at start-up; read 2 is the reload's.
+            if reads.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                let late = custom_catalogue(&[("/custom/late", "Late")]);
+                write_over(&dir, "custom.toml", &late);
+            }
+        }
+    };
+    let (gateway, watch, source) = watched_gateway(&upstream, &dir, after_read).await;
+    gateway.watch_config(watch, source, None);
+    dir.write(
+        "custom.toml",
+        &custom_catalogue(&[("/custom/beta", "Beta")]),
+    );
+
+    assert_reloaded(gateway.admin_addr(), 2.0, |m| m.text.clone()).await;
+    assert_eq!(reads.load(Ordering::SeqCst), 3);
+    assert_eq!(get(&gateway, "/custom/late").await, StatusCode::OK);
+    assert_eq!(count(&scrape(gateway.admin_addr()).await, "Late"), 1.0);
     gateway.shutdown().await;
 }
 
