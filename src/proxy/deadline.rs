@@ -42,13 +42,15 @@ impl ResponseDeadline {
     /// Ready once the deadline has passed. Until then the task is woken by the timer, or by
     /// whatever wakes it at least every `woken_every` while the deadline is further away.
     pub(super) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_passed_at(Instant::now(), cx)
+        self.poll_passed_at(Instant::now, cx)
     }
 
-    fn poll_passed_at(&mut self, now: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    /// [`Self::poll_passed`] with the clock `now`, read only when no timer is armed yet.
+    fn poll_passed_at(&mut self, now: impl FnOnce() -> Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(timer) = &mut self.timer {
             return timer.as_mut().poll(cx);
         }
+        let now = now();
         if now >= self.at {
             return Poll::Ready(());
         }
@@ -70,7 +72,7 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     fn at(deadline: &mut ResponseDeadline, now: Instant) -> Poll<()> {
-        deadline.poll_passed_at(now, &mut Context::from_waker(std::task::Waker::noop()))
+        deadline.poll_passed_at(|| now, &mut Context::from_waker(std::task::Waker::noop()))
     }
 
     /// Due 30 s after `start`, for a task woken at least every 10 s.
