@@ -175,11 +175,7 @@ async fn connections_over_the_cap_are_closed_at_once() {
 
 #[tokio::test]
 async fn requests_over_the_concurrency_limit_are_shed_with_503() {
-    let upstream = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        json(StatusCode::OK, "{}")
-    })
-    .await;
+    let upstream = Upstream::slow(Duration::from_millis(500)).await;
     let mut s = settings(&upstream.url());
     s.max_in_flight = Some(8);
     let gw = gateway(s).await;
@@ -330,11 +326,7 @@ async fn drain_deadline_answers_503_draining_counted_once_h2() {
 async fn drain_deadline_answers_503_draining_counted_once_over(
     client: Client<HttpConnector, Full<Bytes>>,
 ) {
-    let upstream = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        json(StatusCode::OK, "{}")
-    })
-    .await;
+    let upstream = Upstream::slow(Duration::from_secs(30)).await;
     let mut s = settings(&upstream.url());
     s.drain_timeout = Some(Duration::from_millis(500));
     let mut gw = gateway(s).await;

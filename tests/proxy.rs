@@ -352,11 +352,7 @@ async fn unreachable_upstream_gives_502_counted_once() {
 
 #[tokio::test]
 async fn slow_upstream_gives_504_counted_once() {
-    let upstream = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        json(StatusCode::OK, "{}")
-    })
-    .await;
+    let upstream = Upstream::slow(Duration::from_secs(3)).await;
     let mut s = settings(&upstream.url());
     s.response_timeout = Some(Duration::from_millis(300));
     let gw = gateway(s).await;
@@ -396,11 +392,7 @@ async fn slow_upstream_gives_504_counted_once() {
 /// finally answers.
 #[tokio::test]
 async fn a_response_timeout_longer_than_the_header_timeout_fires_on_time() {
-    let upstream = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        json(StatusCode::OK, "{}")
-    })
-    .await;
+    let upstream = Upstream::slow(Duration::from_secs(30)).await;
     let mut s = settings(&upstream.url());
     s.response_timeout = Some(Duration::from_secs(1));
     s.header_read_timeout = Some(Duration::from_millis(200));
@@ -430,11 +422,7 @@ async fn a_response_timeout_longer_than_the_header_timeout_fires_on_time() {
 
 #[tokio::test]
 async fn client_abort_is_counted_once_as_499() {
-    let upstream = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        json(StatusCode::OK, "{}")
-    })
-    .await;
+    let upstream = Upstream::slow(Duration::from_secs(3)).await;
     let gw = gateway(settings(&upstream.url())).await;
     let mut stream = TcpStream::connect(gw.proxy_addr()).await.unwrap();
     stream

@@ -76,6 +76,15 @@ impl Upstream {
         Upstream::start(|_| async { json(StatusCode::OK, r#"{"ok":true}"#) }).await
     }
 
+    /// An upstream that answers 200 `{}` after `delay`.
+    pub async fn slow(delay: Duration) -> Upstream {
+        Upstream::start(move |_| async move {
+            tokio::time::sleep(delay).await;
+            json(StatusCode::OK, "{}")
+        })
+        .await
+    }
+
     async fn start_inner<F, Fut>(handler: F, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
