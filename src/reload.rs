@@ -450,21 +450,22 @@ impl ConfigWatch {
         stop: CancellationToken,
     ) {
         loop {
-            let cause = tokio::select! {
+            // The files are fingerprinted before the read: an edit landing while the reload
+            // reads them then differs from it, and its event reloads again instead of being
+            // taken as read.
+            let (cause, before_read) = tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.hangups.recv() => "SIGHUP",
+                () = self.hangups.recv() => ("SIGHUP", fingerprint(&self.files)),
                 Some(()) = self.events.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while self.events.try_recv().is_ok() {}
-                    if fingerprint(&self.files) == self.last_read {
+                    let contents = fingerprint(&self.files);
+                    if contents == self.last_read {
                         continue;
                     }
-                    "file change"
+                    ("file change", contents)
                 }
             };
-            // Taken before the read: an edit landing while the reload reads the files then
-            // differs from it, and its event reloads again instead of being taken as read.
-            let before_read = fingerprint(&self.files);
             match reloader.reload(source()) {
                 Ok(summary) => {
                     if let Some(hook) = &on_reload {
