@@ -2,8 +2,9 @@
 //! each request over one upstream HTTP/1.1 connection of its own (made on the connection's
 //! first request) and streams the answer back. No catalogue, no metrics, no header rules, no
 //! timeouts, no pool: what is left is hyper's server and client and tokio, on one thread,
-//! with acsgate's allocator. Its CPU per request is what acsgate cannot go below while it is
-//! built on hyper; the difference to acsgate is what acsgate's own layers cost.
+//! with acsgate's allocator and HTTP/1 write strategy (`writev(false)`). Its CPU per request
+//! is what acsgate cannot go below while it is built on hyper; the difference to acsgate is
+//! what acsgate's own layers cost.
 //!
 //! `cargo run --release --example hyper_floor -- LISTEN UPSTREAM` (both `host:port`).
 
@@ -63,6 +64,7 @@ async fn serve(
         });
         tokio::task::spawn_local(async move {
             let _ = server::Builder::new()
+                .writev(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -107,7 +109,10 @@ async fn forward(
 async fn connect(upstream: SocketAddr) -> Result<Sender, BoxError> {
     let stream = TcpStream::connect(upstream).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = client::handshake(TokioIo::new(stream)).await?;
+    let (sender, connection) = client::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await?;
     tokio::task::spawn_local(async move {
         let _ = connection.await;
     });

@@ -334,6 +334,11 @@ pub(crate) fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
+        // Head and body copied into one buffer and written with one call: for ACS's small
+        // bodies the copy costs less than queueing them for `writev` (-850 instructions per
+        // proxied request with the client's, below), and an upload's many small chunks go
+        // out in fewer, larger writes (see README "Performance").
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()

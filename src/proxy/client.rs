@@ -365,7 +365,13 @@ where
             lock(&self.pool).h2 = Some(sender.clone());
             Ok(Taken::H2(sender))
         } else {
-            let (sender, connection) = http1::handshake(io).await.map_err(SendError::Send)?;
+            // One buffer and one write per message, as on the listener
+            // (`server::connection_builder`).
+            let (sender, connection) = http1::Builder::new()
+                .writev(false)
+                .handshake(io)
+                .await
+                .map_err(SendError::Send)?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "upstream connection ended");
