@@ -3,28 +3,33 @@
 # thread, every metric on) and hyper-floor under wrk's ACS mix, and acsgate over h2c under
 # h2load, against the same nginx upstream as bench/run.sh; see bench/README.md.
 #
-#   bench/instructions.sh [--install] [--no-build]
+#   bench/instructions.sh [--pgo] [--install] [--no-build]
 #
 # Needs: valgrind nginx wrk h2load curl taskset. It installs nothing unless --install is given. Where
 # run.sh's timings move 5-15% with the host, these counts repeat: two runs of one build agree
 # within about 0.3%, so a change of a few hundred instructions per request shows. Under a
 # minute.
+#
+# --pgo adds acsgate-pgo, scripts/pgo-build.sh's profile-guided build (built first unless
+# --no-build), with its own h2c row.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 
-INSTALL=0 BUILD=1
+INSTALL=0 BUILD=1 PGO=0
 for arg in "$@"; do
   case "$arg" in
+    --pgo) PGO=1 ;;
     --install) INSTALL=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
-TARGETS=${TARGETS:-"acsgate hyper-floor"}
+PGO_TARGET=""; [ "$PGO" = 1 ] && PGO_TARGET=" acsgate-pgo"
+TARGETS=${TARGETS:-"acsgate$PGO_TARGET hyper-floor"}
 DURATION=${DURATION:-8}             # seconds counted (after a 3 s warm-up, not counted)
 H2C=${H2C:-1}                       # 0: no h2c row for acsgate
 CONNS=${CONNS:-16}                  # wrk: 1 thread, 16 connections
@@ -39,7 +44,9 @@ FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_flo
 source "$HERE/lib.sh"
 require bench/instructions.sh valgrind:valgrind nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl \
   taskset:util-linux
-if [[ " $TARGETS " == *" hyper-floor "* ]]; then binaries floor; else binaries; fi
+BINARIES=(); [[ " $TARGETS " == *" hyper-floor "* ]] && BINARIES+=(floor)
+[[ " $TARGETS " == *" acsgate-pgo "* ]] && BINARIES+=(pgo)
+binaries "${BINARIES[@]}"
 bench_tmp
 WAIT_SECONDS=60   # a proxy starts in seconds under valgrind
 WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$TMP/callgrind.%p")
@@ -70,9 +77,9 @@ for t in $TARGETS; do
   start_target "$t" "$PROXY_CPU"
   mix "${LISTEN[$t]}" 3 >/dev/null
   count "$t" mix "${LISTEN[$t]}" "$DURATION"
-  if [ "$t" = acsgate ] && [ "$H2C" = 1 ]; then
-    h2_load "${H2[acsgate]}" 3 0 >/dev/null
-    count "acsgate, h2c" h2_load "${H2[acsgate]}" "$DURATION" 0
+  if [[ "$t" == acsgate* ]] && [ "$H2C" = 1 ]; then
+    h2_load "${H2[$t]}" 3 0 >/dev/null
+    count "$t, h2c" h2_load "${H2[$t]}" "$DURATION" 0
   fi
   stop "$PROXY"
 done

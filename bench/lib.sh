@@ -20,18 +20,23 @@ require() {
   fi
 }
 
-# binaries [floor]: ACSGATE_BIN (and with "floor" FLOOR_BIN) default to the release builds,
-# built first unless --no-build (BUILD=0).
+# binaries [floor] [pgo]: ACSGATE_BIN (with "floor" FLOOR_BIN, with "pgo" PGO_BIN) default to the
+# release builds (PGO_BIN: scripts/pgo-build.sh's), built first unless --no-build (BUILD=0).
 binaries() {
-  local release="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}" release="${CARGO_TARGET_DIR:-$ROOT/target}/release"
   if [ -z "$ACSGATE_BIN" ]; then
     ACSGATE_BIN="$release/acsgate"
     if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --bin acsgate); fi
   fi
   [ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
-  if [ "${1:-}" = floor ] && [ -z "$FLOOR_BIN" ]; then
+  if [[ " $* " == *" floor "* ]] && [ -z "$FLOOR_BIN" ]; then
     FLOOR_BIN="$release/examples/hyper_floor"
     if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --example hyper_floor); fi
+  fi
+  if [[ " $* " == *" pgo "* ]] && [ -z "${PGO_BIN:-}" ]; then
+    PGO_BIN="$target/pgo/acsgate"
+    if [ "$BUILD" = 1 ]; then "$ROOT/scripts/pgo-build.sh"; fi
+    [ -x "$PGO_BIN" ] || { echo "no PGO build at $PGO_BIN: run scripts/pgo-build.sh" >&2; exit 1; }
   fi
 }
 
@@ -46,11 +51,13 @@ bench_tmp() {
 UP=$BASE_PORT
 declare -A LISTEN=([direct]=$UP [nginx]=$((UP + 1)) [haproxy]=$((UP + 3)) [caddy]=$((UP + 5))
                    [acsgate]=$((UP + 7)) [acsgate-2t]=$((UP + 7)) [nginx-stream]=$((UP + 1))
-                   [socat]=$((UP + 11)) [hyper-floor]=$((UP + 12)))
+                   [socat]=$((UP + 11)) [hyper-floor]=$((UP + 12)) [acsgate-pgo]=$((UP + 13)))
 # Streaming paths by target (nginx-stream is nginx's unbuffered /stream/ location).
 declare -A STREAM_PREFIX=([nginx-stream]=/stream)
-declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7)))
-declare -A ADMIN=([haproxy]=$((UP + 9)) [caddy]=$((UP + 10)) [acsgate]=$((UP + 8)) [acsgate-2t]=$((UP + 8)))
+declare -A H2=([nginx]=$((UP + 2)) [haproxy]=$((UP + 4)) [caddy]=$((UP + 5)) [acsgate]=$((UP + 7))
+               [acsgate-pgo]=$((UP + 13)))
+declare -A ADMIN=([haproxy]=$((UP + 9)) [caddy]=$((UP + 10)) [acsgate]=$((UP + 8)) [acsgate-2t]=$((UP + 8))
+                  [acsgate-pgo]=$((UP + 14)))
 
 render() { # template -> $TMP/name with placeholders filled in
   sed -e "s#@TMP@#$TMP#g" -e "s#@UP_PORT@#$UP#g" -e "s#@LISTEN_PORT@#$2#g" \
@@ -123,9 +130,11 @@ start_target() {
         caddy run --adapter caddyfile --config "$TMP/Caddyfile" ;;
     hyper-floor) # the floor of any proxy built on hyper (examples/hyper_floor.rs)
       start "$cpus" hyper-floor "${WRAP[@]}" "$FLOOR_BIN" "127.0.0.1:${LISTEN[$name]}" "127.0.0.1:$UP" ;;
-    acsgate|acsgate-2t)
-      local threads=1; [ "$name" = acsgate-2t ] && threads=2
-      start "$cpus" "$name" env RUST_LOG=warn "${WRAP[@]}" "$ACSGATE_BIN" --worker-threads "$threads" \
+    acsgate|acsgate-2t|acsgate-pgo) # acsgate-pgo: scripts/pgo-build.sh's build
+      local threads=1 bin=$ACSGATE_BIN
+      [ "$name" = acsgate-2t ] && threads=2
+      [ "$name" = acsgate-pgo ] && bin=$PGO_BIN
+      start "$cpus" "$name" env RUST_LOG=warn "${WRAP[@]}" "$bin" --worker-threads "$threads" \
         --listen "127.0.0.1:${LISTEN[$name]}" --admin "127.0.0.1:${ADMIN[$name]}" \
         --upstream "http://127.0.0.1:$UP" ;;
   esac
@@ -139,10 +148,10 @@ start_target() {
 }
 
 # ---------------------------------------------------------------------------- loads ----
-# h2load over h2c (prior knowledge), 8 connections x 8 streams, GET requests of the mix
-# (h2load cannot mix methods); prints an @@RESULT line like mix.lua's.
-h2_load() { # h2_load PORT SECONDS WARMUP_SECONDS
-  local base="http://127.0.0.1:$1" t="19:abc@thread.v2"
+# h2load over h2c (prior knowledge; h2 by ALPN with SCHEME https), 8 connections x 8 streams,
+# GET requests of the mix (h2load cannot mix methods); prints an @@RESULT line like mix.lua's.
+h2_load() { # h2_load PORT SECONDS WARMUP_SECONDS [SCHEME]
+  local base="${4:-http}://127.0.0.1:$1" t="19:abc@thread.v2"
   taskset -c "$LOAD_CPU" h2load -c8 -m8 -t1 -D "$2" --warm-up-time="$3" \
     -H 'authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJza3lwZWlkIjoiYWNzOmJlbmNoIn0.c2ln' \
     -H 'x-ms-client-request-id: 8f6c2b1e-3d4a-4c5b-9e7f-0a1b2c3d4e5f' \

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # acsgate vs nginx, HAProxy and Caddy on this machine, in one interleaved run; see bench/README.md.
 #
-#   bench/run.sh [--quick] [--install] [--no-build]
+#   bench/run.sh [--quick] [--pgo] [--install] [--no-build]
 #
 # Needs: nginx haproxy caddy wrk h2load (nghttp2-client) socat curl python3 taskset. It
 # installs nothing unless --install is given (then: apt-get install nginx haproxy caddy wrk
 # nghttp2-client socat). Everything listens on 127.0.0.1, every run is bounded in time, and every
 # process started here is stopped by its PID (process group) on exit, Ctrl-C included.
+#
+# --pgo adds acsgate-pgo, the profile-guided build of scripts/pgo-build.sh (built first unless
+# --no-build; that script needs llvm-profdata too), to every phase but the threads one.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 
-QUICK=0 INSTALL=0 BUILD=1
+QUICK=0 INSTALL=0 BUILD=1 PGO=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
+    --pgo) PGO=1 ;;
     --install) INSTALL=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -30,11 +34,12 @@ if [ "$QUICK" = 1 ]; then   # under 2 minutes; no 1-vs-2-thread phase (it needs 
 else                        # 7.6 minutes here (2026-12-07); 8 s rounds took 9 min 13 s on 2026-12-06, about 9.5 on 2026-12-07
   : "${DURATION:=6}" "${WARMUP:=2}" "${REPEATS:=3}" "${H2_REPEATS:=3}" "${SCALE_REPEATS:=3}" "${STREAM_REPEATS:=3}"
 fi
-TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate hyper-floor"}
+PGO_TARGET=""; [ "$PGO" = 1 ] && PGO_TARGET=" acsgate-pgo"
+TARGETS=${TARGETS:-"direct nginx haproxy caddy acsgate$PGO_TARGET hyper-floor"}
 CONNS=${CONNS:-64}                  # wrk: 1 thread, 64 connections
 PACED_RATE=${PACED_RATE:-2000}      # req/s of the paced latency run
 STREAM_MIB=${STREAM_MIB:-1024}      # streaming check body size
-STREAM_TARGETS=${STREAM_TARGETS:-"direct nginx nginx-stream socat acsgate"}
+STREAM_TARGETS=${STREAM_TARGETS:-"direct nginx nginx-stream socat acsgate$PGO_TARGET"}
 BASE_PORT=${BASE_PORT:-28180}       # below the ephemeral range (32768+)
 PROXY_CPU=${PROXY_CPU:-1}           # the proxy's core; wrk and the upstream get LOAD_CPU
 LOAD_CPU=${LOAD_CPU:-0}
@@ -46,7 +51,9 @@ FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_flo
 source "$HERE/lib.sh"
 require bench/run.sh nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client \
   socat:socat curl:curl python3:python3 taskset:util-linux
-if [[ " $TARGETS " == *" hyper-floor "* ]]; then binaries floor; else binaries; fi
+BINARIES=(); [[ " $TARGETS " == *" hyper-floor "* ]] && BINARIES+=(floor)
+[[ " $TARGETS $STREAM_TARGETS " == *" acsgate-pgo "* ]] && BINARIES+=(pgo)
+binaries "${BINARIES[@]}"
 bench_tmp
 RESULTS="$TMP/results.tsv"
 EXTRA=""   # more fields for measure's line (the streaming phase's RSS before)
@@ -121,7 +128,7 @@ done
 
 echo "bench: [${SECONDS} s] h2c, h2load 8 connections x 8 streams" >&2
 for round in $(seq "$H2_REPEATS"); do
-  for t in nginx haproxy caddy acsgate; do
+  for t in nginx haproxy caddy acsgate acsgate-pgo; do
     [[ " $TARGETS " == *" $t "* ]] || continue
     start_target "$t" "$PROXY_CPU"
     measure h2c "$round" "$t" h2_load "${H2[$t]}" "$DURATION" "$WARMUP"
