@@ -1,8 +1,10 @@
-# What bench/run.sh and bench/instructions.sh share: prerequisites, the binaries, the ports,
-# the upstream, the proxies under test and process control. Sourced by them once they have set
-# HERE (this directory), ROOT, BASE_PORT, LOAD_CPU, STREAM_MIB, INSTALL, BUILD, ACSGATE_BIN and
-# FLOOR_BIN. Every process started here is stopped by its PID (process group) on exit, Ctrl-C
-# included.
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # PROXY, UPSTREAM, STREAM_PREFIX...: read by the scripts sourcing this
+# What bench/run.sh, bench/instructions.sh and scripts/pgo-build.sh share: prerequisites, the
+# binaries, the ports, the upstream, the proxies under test and process control. Sourced by them
+# once they have set HERE (this directory), ROOT, BASE_PORT, LOAD_CPU, STREAM_MIB, INSTALL,
+# BUILD, ACSGATE_BIN and FLOOR_BIN (and PGO_BIN, optionally). Every process started here is
+# stopped by its PID (process group) on exit, Ctrl-C included.
 
 # require SCRIPT TOOL:PACKAGE...: exits saying what to apt-get install when a tool is missing,
 # or installs it with --install (INSTALL=1). Nothing is installed silently.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
-# formatting, lints, the API docs' links, the ring-only TLS guard, then every unit and
-# end-to-end test.
+# formatting, lints, the API docs' links, the ring-only TLS guard, shellcheck on the shell
+# scripts, then every unit and end-to-end test.
 # Tests use loopback sockets only; besides the Rust toolchain they need a real Prometheus
-# (prometheus and promtool, from Debian's package), installed here when missing.
+# (prometheus and promtool, from Debian's package) and shellcheck, installed here when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,13 +26,22 @@ if cargo tree --locked -i aws-lc-rs >/dev/null 2>&1; then
 fi
 echo "ok: aws-lc-rs absent"
 
-step "prometheus and promtool (tests/prometheus.rs runs a real server)"
+step "prometheus and promtool (tests/prometheus.rs runs a real server), shellcheck"
+missing=()
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     # The package's service does not start in a container (policy-rc.d); the tests start their own.
+    missing+=(prometheus)
+fi
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 prometheus --version 2>&1 | sed -n 1p
+
+step "shellcheck (the test, bench and PGO scripts: nothing else runs them in CI)"
+shellcheck -x .ci/run scripts/*.sh bench/*.sh
+echo "ok"
 
 step "cargo test"
 cargo test --locked --no-fail-fast
