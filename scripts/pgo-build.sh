@@ -30,7 +30,7 @@ done
 
 BASE_PORT=${BASE_PORT:-28480} LOAD_CPU=${LOAD_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
 STREAM_MIB=64 BUILD=0 ACSGATE_BIN='' FLOOR_BIN=''
-TRAIN_SECONDS=${TRAIN_SECONDS:-5}   # per load; more changes nothing the profile says
+TRAIN_SECONDS=${TRAIN_SECONDS:-5}   # per load; three trainings gave builds within 1% in instructions
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/pgo"
 
 # shellcheck source=bench/lib.sh
