@@ -5,8 +5,9 @@
 #
 # 1. Builds an instrumented acsgate (rustc -Cprofile-generate).
 # 2. Trains it on loopback with the bench's traffic (bench/lib.sh): the ACS request mix over
-#    HTTP/1.1 and h2c, a 64 MiB download and upload, then the mix over HTTP/1.1 and h2 through
-#    a TLS listener to TLS upstreams speaking HTTP/1.1 and h2, as a gateway in front of ACS does.
+#    HTTP/1.1 and h2c, a 64 MiB download and upload, HMAC-signed calls (verified and signed
+#    again), then the mix over HTTP/1.1 and h2 through a TLS listener to TLS upstreams speaking
+#    HTTP/1.1 and h2, as a gateway in front of ACS does.
 # 3. Merges the counts with llvm-profdata and builds again with them (-Cprofile-use).
 # The PGO build runs about 25% fewer instructions per proxied request than target/release/acsgate
 # (README "Performance"). It takes about 8.5 minutes cold, 4 when the instrumented build is
@@ -23,7 +24,7 @@ INSTALL=0
 for arg in "$@"; do
   case "$arg" in
     --install) INSTALL=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -56,9 +57,26 @@ gateway() { # gateway NAME PORT ARGS...: starts the instrumented gateway, waits 
   wait_port "$port"
 }
 
-mix() { # mix URL: the bench's ACS mix for TRAIN_SECONDS; prints wrk's @@RESULT line
-  taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${TRAIN_SECONDS}s" -s "$HERE/mix.lua" "$1" |
-    grep -m1 '^@@RESULT' | sed "s#^#pgo: $1 #" >&2
+mix() { # mix URL [SCRIPT [ARGS...]]: wrk for TRAIN_SECONDS with SCRIPT (the bench's ACS mix);
+  # a run with answers other than 2xx would train the error paths instead: it stops the build
+  local url=$1 script=${2:-mix.lua} result
+  shift $(($# > 1 ? 2 : 1))
+  result=$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${TRAIN_SECONDS}s" -s "$HERE/$script" "$url" -- "$@" |
+    grep -m1 '^@@RESULT')
+  echo "pgo: $url $script: $result" >&2
+  [[ "$result" == *" non2xx=0 "* ]] || { echo "pgo: answers other than 2xx; logs in $TMP" >&2; exit 1; }
+}
+
+SIGNED=() # sign HOST METHOD PATH BODY: appends the request, signed with $TMP/caller.key as an
+          # ACS SDK signs it, to SIGNED in bench/signed.lua's four arguments
+sign() {
+  local date hash key signature
+  date=$(LC_ALL=C date -u '+%a, %d %b %Y %H:%M:%S GMT')
+  hash=$(printf '%s' "$4" | openssl dgst -sha256 -binary | base64 -w0)
+  key=$(base64 -d "$TMP/caller.key" | od -An -tx1 | tr -d ' \n')
+  signature=$(printf '%s\n%s\n%s;%s;%s' "$2" "$3" "$date" "$1" "$hash" |
+    openssl dgst -sha256 -mac HMAC -macopt "hexkey:$key" -binary | base64 -w0)
+  SIGNED+=("$2" "$3" "$4" "x-ms-date: $date|x-ms-content-sha256: $hash|Authorization: HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=$signature")
 }
 
 check() { # check URL: one ACS call answered by the upstream, through the gateway
@@ -96,6 +114,19 @@ h2_load "$PLAIN" "$TRAIN_SECONDS" 0 | sed 's/^/pgo: h2c /' >&2
 curl -sS --max-time 60 -o /dev/null "http://127.0.0.1:$PLAIN/big"
 curl -sS --max-time 60 -o /dev/null -T "$TMP/big.bin" -X POST "http://127.0.0.1:$PLAIN/sink"
 stop "$PROXY"   # SIGTERM: the gateway drains, exits and writes its counts
+
+# HMAC-signed calls, as an SDK with the resource's access key sends them: the gateway verifies
+# each with the callers' key and signs it again with the resource's key for the upstream.
+openssl rand -base64 32 > "$TMP/caller.key"
+openssl rand -base64 32 > "$TMP/upstream.key"
+gateway signed "$PLAIN" --upstream "http://127.0.0.1:$UP" \
+  --caller-access-key-file "$TMP/caller.key" --upstream-access-key-file "$TMP/upstream.key"
+THREAD="/chat/threads/19:abc@thread.v2/messages?api-version=2021-09-07"
+sign "127.0.0.1:$PLAIN" POST "$THREAD" '{"content":"hi","senderDisplayName":"PGO","type":"text"}'
+sign "127.0.0.1:$PLAIN" GET "$THREAD&maxPageSize=20" ""
+sign "127.0.0.1:$PLAIN" POST "/identities?api-version=2023-10-01" '{"createTokenWithScopes":["chat"]}'
+mix "http://127.0.0.1:$PLAIN" signed.lua "${SIGNED[@]}"
+stop "$PROXY"
 
 for upstream in "$TLS_H1" "$TLS_H2"; do
   gateway "tls-$upstream" "$TLS" --upstream "https://127.0.0.1:$upstream" \
