@@ -19,6 +19,13 @@ local token = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjVFODQ4MjE0Qzc3MDczQUU1QzJCREU1Q0NEN
 local msg_body = '{"content":"Hello team, the quarterly review deck is uploaded to the shared drive; please add comments before Friday.","senderDisplayName":"Bench User","type":"text","metadata":{"priority":"normal"}}'
 local ident_body = '{"createTokenWithScopes":["chat","voip"],"expiresInMinutes":60}'
 
+-- push(request): appends a request formatted by wrk.format to those request() cycles through
+-- (signed.lua pushes its own).
+function push(request)
+  n = n + 1
+  reqs[n] = request
+end
+
 local function add(method, path, body)
   local h = {
     ["Authorization"] = "Bearer " .. token,
@@ -27,8 +34,7 @@ local function add(method, path, body)
     ["Accept"] = "application/json",
   }
   if body then h["Content-Type"] = "application/json" end
-  n = n + 1
-  reqs[n] = wrk.format(method, path, h, body)
+  push(wrk.format(method, path, h, body))
 end
 
 function init(args)

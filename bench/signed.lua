@@ -4,11 +4,10 @@
 -- METHOD PATH BODY HEADERS, where HEADERS is the signed headers' lines ("name: value", split
 -- by "|"). The signatures hold for the gateway's date window (15 minutes).
 --
--- done() is mix.lua's: the same @@RESULT line.
+-- request() and done() are mix.lua's: the requests are pushed into its list, and the result is
+-- the same @@RESULT line.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "mix.lua")
-
-local reqs, n, i = {}, 0, 0
 
 function init(args)
   for k = 1, #args - 3, 4 do
@@ -18,12 +17,6 @@ function init(args)
       local name, value = line:match("^([^:]+): (.*)$")
       h[name] = value
     end
-    n = n + 1
-    reqs[n] = wrk.format(method, path, h, body ~= "" and body or nil)
+    push(wrk.format(method, path, h, body ~= "" and body or nil))
   end
-end
-
-function request()
-  i = i % n + 1
-  return reqs[i]
 end
