@@ -227,6 +227,17 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// Whether a listener accepts on `addr`. While nothing listens there, a connect can still
+/// succeed: when the kernel picks `addr`'s own port as the ephemeral source port (the ports
+/// handed out above come from the same range), the socket connects to itself (TCP
+/// simultaneous open). That is not a listener.
+async fn listening(addr: SocketAddr) -> bool {
+    match TcpStream::connect(addr).await {
+        Ok(stream) => stream.local_addr().is_ok_and(|local| local != addr),
+        Err(_) => false,
+    }
+}
+
 /// A loopback address that drops SYNs: a listener with backlog 0 whose one-slot accept
 /// queue is filled by a connection nobody accepts. Linux then drops further SYNs, so a
 /// `connect()` hangs until the caller gives up, as with an upstream behind a black-hole route.
@@ -670,7 +681,7 @@ impl GatewayProcess {
         }
         let child = command.spawn().expect("acsgate binary starts");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(admin).await.is_err() {
+        while !(listening(admin).await && listening(proxy).await) {
             assert!(Instant::now() < deadline, "gateway did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
