@@ -44,9 +44,8 @@ FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_flo
 source "$HERE/lib.sh"
 require bench/instructions.sh valgrind:valgrind nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl \
   taskset:util-linux
-BINARIES=(); [[ " $TARGETS " == *" hyper-floor "* ]] && BINARIES+=(floor)
-[[ " $TARGETS " == *" acsgate-pgo "* ]] && BINARIES+=(pgo)
-binaries "${BINARIES[@]}"
+# shellcheck disable=SC2086  # the target list is words
+binaries $TARGETS
 bench_tmp
 WAIT_SECONDS=60   # a proxy starts in seconds under valgrind
 WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$TMP/callgrind.%p")

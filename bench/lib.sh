@@ -22,20 +22,22 @@ require() {
   fi
 }
 
-# binaries [floor] [pgo]: ACSGATE_BIN (with "floor" FLOOR_BIN, with "pgo" PGO_BIN) default to the
-# release builds (PGO_BIN: scripts/pgo-build.sh's), built first unless --no-build (BUILD=0).
+# binaries TARGET...: ACSGATE_BIN, and FLOOR_BIN / PGO_BIN when hyper-floor / acsgate-pgo are among
+# the TARGETs, default to the release builds (PGO_BIN: scripts/pgo-build.sh's), built first
+# unless --no-build (BUILD=0).
 binaries() {
-  local target="${CARGO_TARGET_DIR:-$ROOT/target}" release="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}" targets=" $* "
+  local release="$target/release"
   if [ -z "$ACSGATE_BIN" ]; then
     ACSGATE_BIN="$release/acsgate"
     if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --bin acsgate); fi
   fi
   [ -x "$ACSGATE_BIN" ] || { echo "no acsgate binary at $ACSGATE_BIN" >&2; exit 1; }
-  if [[ " $* " == *" floor "* ]] && [ -z "$FLOOR_BIN" ]; then
+  if [[ "$targets" == *" hyper-floor "* ]] && [ -z "$FLOOR_BIN" ]; then
     FLOOR_BIN="$release/examples/hyper_floor"
     if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet --example hyper_floor); fi
   fi
-  if [[ " $* " == *" pgo "* ]] && [ -z "${PGO_BIN:-}" ]; then
+  if [[ "$targets" == *" acsgate-pgo "* ]] && [ -z "${PGO_BIN:-}" ]; then
     PGO_BIN="$target/pgo/acsgate"
     if [ "$BUILD" = 1 ]; then "$ROOT/scripts/pgo-build.sh"; fi
     [ -x "$PGO_BIN" ] || { echo "no PGO build at $PGO_BIN: run scripts/pgo-build.sh" >&2; exit 1; }

@@ -51,9 +51,8 @@ FLOOR_BIN=${FLOOR_BIN:-}            # default: target/release/examples/hyper_flo
 source "$HERE/lib.sh"
 require bench/run.sh nginx:nginx haproxy:haproxy caddy:caddy wrk:wrk h2load:nghttp2-client \
   socat:socat curl:curl python3:python3 taskset:util-linux
-BINARIES=(); [[ " $TARGETS " == *" hyper-floor "* ]] && BINARIES+=(floor)
-[[ " $TARGETS $STREAM_TARGETS " == *" acsgate-pgo "* ]] && BINARIES+=(pgo)
-binaries "${BINARIES[@]}"
+# shellcheck disable=SC2086  # the target lists are words
+binaries $TARGETS $STREAM_TARGETS
 bench_tmp
 RESULTS="$TMP/results.tsv"
 EXTRA=""   # more fields for measure's line (the streaming phase's RSS before)
