@@ -213,3 +213,47 @@ fn dockerfile_health_checks_the_admin_listener_as_non_root() {
         "{user}"
     );
 }
+
+/// The image's build stage runs `scripts/pgo-build.sh --training demo`, and the script sources
+/// files of its own: each must be copied into the stage, or the image fails to build only
+/// where Docker runs (no Docker engine runs here).
+#[test]
+fn dockerfile_copies_what_its_profile_guided_build_reads() {
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("scripts/pgo-build.sh --training demo"),
+        "the build stage no longer runs the demo-trained PGO build"
+    );
+    // The sources of every `COPY` from the build context (the last word is the destination).
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    let is_copied = |path: &str| {
+        copied.iter().any(|source| {
+            let source = source.trim_end_matches('/');
+            path == source || path.starts_with(&format!("{source}/"))
+        })
+    };
+    let script = read("scripts/pgo-build.sh");
+    let mut read_by_script = vec!["scripts/pgo-build.sh".to_owned()];
+    read_by_script.extend(script.lines().filter_map(|line| {
+        let file = line.trim().strip_prefix("source \"$HERE/")?;
+        Some(format!("bench/{}", file.trim_end_matches('"')))
+    }));
+    assert!(
+        read_by_script.len() > 1,
+        "no `source` line found in the script"
+    );
+    for path in &read_by_script {
+        assert!(
+            is_copied(path),
+            "{path} is not copied into the build stage: {copied:?}"
+        );
+    }
+}
