@@ -15,7 +15,7 @@
 # 3. Merges the counts with llvm-profdata and builds again with them (-Cprofile-use).
 # The PGO build runs about 25% fewer instructions per proxied request than target/release/acsgate
 # (README "Performance"). It takes about 8.5 minutes cold, 4 when the instrumented build is
-# up to date (the demo training: 3.5): the optimised build always starts from scratch.
+# up to date (the demo training: 3.5 to 6): the optimised build always starts from scratch.
 #
 # Needs: llvm-profdata of rustc's LLVM version (rustup's llvm-tools component, or Debian's
 # llvm-N); with the bench training also nginx wrk h2load curl openssl taskset. It installs
@@ -50,8 +50,9 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/pgo"
 source "$HERE/lib.sh"
 # The profile's format follows LLVM's version: the merging tool must be rustc's LLVM's. rustup's
 # llvm-tools component is that by construction; else Debian's package of the same major version.
-LLVM=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+RUSTC_VERSION=$(rustc -vV)
+LLVM=$(sed -n 's/^LLVM version: \([0-9]*\).*/\1/p' <<<"$RUSTC_VERSION")
+PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(sed -n 's/^host: //p' <<<"$RUSTC_VERSION")/bin/llvm-profdata"
 NEEDS=()
 [ -x "$PROFDATA" ] || { PROFDATA="llvm-profdata-$LLVM"; NEEDS+=("$PROFDATA:llvm-$LLVM"); }
 [ "$TRAINING" = bench ] && NEEDS+=(nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl \
