@@ -101,6 +101,31 @@ async fn a_connection_the_upstream_closes_is_not_reused() {
     assert_eq!(upstream.accepted(), 5, "one fresh connection per request");
 }
 
+#[tokio::test]
+async fn a_connection_the_upstream_drops_while_idle_is_replaced_without_losing_a_request() {
+    // The pool does not watch idle connections: the next request takes this one, finds it
+    // closed before writing anything, and goes out again on a fresh connection.
+    let upstream = FaultUpstream::fixed(Fault::OkThenClose {
+        after: Duration::from_millis(50),
+    })
+    .await;
+    let mut s = settings(&upstream.url());
+    s.pool_idle_timeout = Some(Duration::from_secs(60));
+    let gw = gateway(s).await;
+    let client = h1_client();
+    for i in 0..4 {
+        let (response, _) = send(
+            &client,
+            request(Method::POST, gw.proxy_addr(), SMS, format!("{{\"n\":{i}}}")),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(upstream.received().len(), 4, "each request went out once");
+    assert_eq!(upstream.accepted(), 4, "one connection per request");
+}
+
 /// Runs `n` futures made by `make` at once and collects their outputs.
 async fn futures_burst<F, Fut>(n: usize, make: F) -> Vec<Fut::Output>
 where

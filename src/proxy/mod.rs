@@ -34,21 +34,21 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::catalogue::{Catalogue, Classification};
 use crate::error::{AnswerBody, ErrorKind};
 use crate::head_timeout;
-use client::{Target, UpstreamClient};
+use client::{Target, UpstreamBody, UpstreamClient};
 use deadline::ResponseDeadline;
 use headers::Names;
 use idle::IdleTimeoutBody;
 use location::ClientOrigin;
 
-/// The body of every response the gateway sends: the upstream's, or the gateway's own.
-pub type ProxyBody = Either<IdleTimeoutBody<Incoming>, Full<Bytes>>;
+/// The body of every response the gateway sends: the upstream's, or the gateway's own. `B` is
+/// the request body type, as an upstream HTTP/1.1 body drives the connection it arrives on.
+pub type ProxyBody<B> = Either<IdleTimeoutBody<UpstreamBody<B>>, Full<Bytes>>;
 
 /// Where requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,9 +186,9 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ProxyBody<B>>;
     type Error = Infallible;
-    type Future = ForwardFuture;
+    type Future = ForwardFuture<B>;
 
     #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -196,7 +196,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> ForwardFuture {
+    fn call(&mut self, mut request: Request<B>) -> ForwardFuture<B> {
         if self.is_rejected_bad_route(&request) {
             return ForwardFuture::gateway(ErrorKind::BadRoute);
         }
@@ -251,21 +251,21 @@ where
 
 pin_project! {
     /// Response future of [`Forward`].
-    pub struct ForwardFuture {
+    pub struct ForwardFuture<B> {
         #[pin]
-        state: ForwardState,
+        state: ForwardState<B>,
     }
 }
 
 pin_project! {
     #[project = ForwardStateProj]
-    enum ForwardState {
+    enum ForwardState<B> {
         // The gateway answers itself: only the kind is kept until then, which keeps this
         // future (moved into every layer's future outside) small.
         Gateway { kind: Option<ErrorKind> },
         // Waiting for the upstream's response head, within the response timeout.
         Upstream {
-            response: client::ResponseFuture,
+            response: client::ResponseFuture<B>,
             deadline: ResponseDeadline,
             body_idle: Duration,
             origin: Option<ClientOrigin>,
@@ -274,7 +274,7 @@ pin_project! {
     }
 }
 
-impl ForwardFuture {
+impl<B> ForwardFuture<B> {
     fn gateway(kind: ErrorKind) -> Self {
         ForwardFuture {
             state: ForwardState::Gateway { kind: Some(kind) },
@@ -282,14 +282,19 @@ impl ForwardFuture {
     }
 }
 
-impl Future for ForwardFuture {
-    type Output = Result<Response<ProxyBody>, Infallible>;
+impl<B> Future for ForwardFuture<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<Response<ProxyBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             ForwardStateProj::Gateway { kind } => {
                 let kind = kind.take().expect("polled after completion");
-                Poll::Ready(Ok(kind.response().map(ProxyBody::answer)))
+                Poll::Ready(Ok(kind.response().map(ProxyBody::<B>::answer)))
             }
             ForwardStateProj::Upstream {
                 response,
@@ -303,14 +308,14 @@ impl Future for ForwardFuture {
                     Poll::Ready(Err(error)) => {
                         let kind = error.kind();
                         tracing::debug!(kind = kind.as_str(), error = %error, "upstream request failed");
-                        return Poll::Ready(Ok(kind.response().map(ProxyBody::answer)));
+                        return Poll::Ready(Ok(kind.response().map(ProxyBody::<B>::answer)));
                     }
                     Poll::Pending => {
                         ready!(deadline.poll_passed(cx));
                         tracing::debug!("upstream response head timed out");
                         return Poll::Ready(Ok(ErrorKind::Timeout
                             .response()
-                            .map(ProxyBody::answer)));
+                            .map(ProxyBody::<B>::answer)));
                     }
                 };
                 let (mut parts, body) = response.into_parts();

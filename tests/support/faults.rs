@@ -38,6 +38,9 @@ pub enum Fault {
     },
     /// Write these bytes as the whole response, keep the connection.
     Raw(Vec<u8>),
+    /// Answer like `ok()`, keep-alive and saying nothing of closing, then close the
+    /// connection `after` this long: a pooled connection the upstream drops while it is idle.
+    OkThenClose { after: Duration },
     /// Close the connection as soon as the request head is read, before the body and
     /// without answering.
     CloseOnAccept,
@@ -335,6 +338,11 @@ async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
             }
             Fault::Stream { len, seed } => stream_body(socket, len, seed).await,
             Fault::Raw(bytes) => socket.write_all(&bytes).await,
+            Fault::OkThenClose { after } => {
+                let _ = respond(socket, 200, br#"{"ok":true}"#).await;
+                tokio::time::sleep(after).await;
+                return End::Other;
+            }
             Fault::CloseOnAccept => unreachable!("handled before the body"),
             Fault::ResetAfterRequest => {
                 let _ = socket.set_zero_linger();
