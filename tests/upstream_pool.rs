@@ -126,6 +126,34 @@ async fn a_connection_the_upstream_drops_while_idle_is_replaced_without_losing_a
     assert_eq!(upstream.accepted(), 4, "one connection per request");
 }
 
+#[tokio::test]
+async fn a_response_that_ends_before_its_request_body_leaves_the_body_to_finish() {
+    // The connection cannot take the next request until the upload is out, so it finishes it
+    // on its own and closes; the upload must not be cut short.
+    let upstream = FaultUpstream::fixed(Fault::OkBeforeBody).await;
+    let gw = gateway(settings(&upstream.url())).await;
+    let client = h1_client();
+    let upload = vec![b'x'; 4 << 20];
+    let (response, _) = send(
+        &client,
+        request(Method::POST, gw.proxy_addr(), SMS, upload.clone()),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !upstream.received().first().is_some_and(|r| r.body_complete)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = &upstream.received()[0];
+    assert!(first.body_complete, "the upload reached the upstream whole");
+    assert_eq!(first.body_len, upload.len() as u64);
+    let (response, _) = send(&client, request(Method::POST, gw.proxy_addr(), SMS, "{}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.received().len(), 2);
+}
+
 /// Runs `n` futures made by `make` at once and collects their outputs.
 async fn futures_burst<F, Fut>(n: usize, make: F) -> Vec<Fut::Output>
 where

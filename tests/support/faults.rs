@@ -38,6 +38,9 @@ pub enum Fault {
     },
     /// Write these bytes as the whole response, keep the connection.
     Raw(Vec<u8>),
+    /// Answer like `ok()` as soon as the request head is read, then read the body and keep
+    /// the connection: the response ends while the request body is still going out.
+    OkBeforeBody,
     /// Answer like `ok()`, keep-alive and saying nothing of closing, then close the
     /// connection `after` this long: a pooled connection the upstream drops while it is idle.
     OkThenClose { after: Duration },
@@ -308,6 +311,13 @@ async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
         if fault == Fault::CloseOnAccept {
             return End::Other;
         }
+        if fault == Fault::OkBeforeBody
+            && respond(stream.get_mut(), 200, br#"{"ok":true}"#)
+                .await
+                .is_err()
+        {
+            return End::Other;
+        }
         let framing = framing(&request);
         let pace = Pace {
             rate: match fault {
@@ -338,6 +348,7 @@ async fn serve(stream: TcpStream, policy: Policy, shared: &Shared) -> End {
             }
             Fault::Stream { len, seed } => stream_body(socket, len, seed).await,
             Fault::Raw(bytes) => socket.write_all(&bytes).await,
+            Fault::OkBeforeBody => Ok(()),
             Fault::OkThenClose { after } => {
                 let _ = respond(socket, 200, br#"{"ok":true}"#).await;
                 tokio::time::sleep(after).await;
