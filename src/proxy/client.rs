@@ -365,16 +365,9 @@ where
                         .await;
                         match sent {
                             Ok(response) => {
-                                // An ended connection already passed the whole body on.
-                                let connection =
-                                    connection.connection.is_some().then_some(connection);
-                                let mut response =
-                                    UpstreamBody::h1(response.into_parts(), connection, &inner);
-                                // A response without a body frees the connection now.
-                                if response.body().is_end_stream() {
-                                    release(&mut response.body_mut().checkout);
-                                }
-                                return Ok(response);
+                                return Ok(response.map(|incoming| {
+                                    UpstreamBody::h1(incoming, connection, &inner)
+                                }));
                             }
                             Err(error) => error,
                         }
@@ -483,21 +476,23 @@ impl<B> UpstreamBody<B> {
         }
     }
 
-    fn h1(
-        (parts, incoming): (http::response::Parts, Incoming),
-        connection: Option<H1Connection<B>>,
-        inner: &Arc<Inner<B>>,
-    ) -> Response<Self> {
-        let checkout = connection.map(|connection| Checkout {
-            connection,
-            inner: Arc::clone(inner),
-        });
-        let body = UpstreamBody {
+    /// The body `incoming` of a response that came on `connection`. A connection that has
+    /// ended already passed the whole body on; one whose response has no body goes back to
+    /// the pool at once.
+    fn h1(incoming: Incoming, connection: H1Connection<B>, inner: &Arc<Inner<B>>) -> Self {
+        let open = connection.connection.is_some();
+        let mut body = UpstreamBody {
             incoming,
-            checkout,
+            checkout: open.then(|| Checkout {
+                connection,
+                inner: Arc::clone(inner),
+            }),
             failed: None,
         };
-        Response::from_parts(parts, body)
+        if body.incoming.is_end_stream() {
+            release(&mut body.checkout);
+        }
+        body
     }
 }
 
