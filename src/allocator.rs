@@ -85,7 +85,7 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 
 /// How long mimalloc keeps an empty page before returning it to the OS, in milliseconds.
 ///
-/// Measured under 64 busy connections (README "Performance"): with no delay, every returned
+/// Measured under 64 busy connections (docs/performance-log.md): with no delay, every returned
 /// page that is wanted again a moment later comes back through a page fault, about one
 /// fault per proxied request and 5 µs of kernel time per request (a quarter of the proxy's
 /// CPU); with 100 ms, 0.02–0.05 faults per request and a peak RSS of 14.5 MiB, against

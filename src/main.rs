@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     let log_filter = init_logging(cli.log_format, log_level.as_deref());
     let mut builder = match cli.worker_threads {
         // One worker: the current-thread scheduler runs every task on this thread, without the
-        // work-stealing scheduler's cross-thread wake-ups (measured: README "Performance").
+        // work-stealing scheduler's cross-thread wake-ups (measured: docs/performance-log.md).
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         threads => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();

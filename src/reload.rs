@@ -190,7 +190,7 @@ where
 /// The stack is built once per connection and kept with the pipeline it was built from; a
 /// request finds it again by comparing pointers, and only the first request after a reload
 /// builds a new one. Building it per request cost every request a dozen reference-count
-/// changes, a copy of the stack into a `Oneshot` and its drop (README "Performance").
+/// changes, a copy of the stack into a `Oneshot` and its drop (docs/performance-log.md).
 pub(crate) struct Reloading<M, B, S> {
     current: Arc<ArcSwap<Pipeline<B>>>,
     make: M,

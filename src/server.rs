@@ -337,7 +337,7 @@ pub(crate) fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor
         // Head and body copied into one buffer and written with one call: for ACS's small
         // bodies the copy costs less than queueing them for `writev` (-850 instructions per
         // proxied request with the client's, below), and an upload's many small chunks go
-        // out in fewer, larger writes (see README "Performance").
+        // out in fewer, larger writes (see docs/performance-log.md).
         .writev(false)
         .keep_alive(true);
     builder

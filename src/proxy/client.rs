@@ -15,11 +15,11 @@
 //! reaper polls it while it is idle. So the upstream side of a request runs in the task of the client
 //! connection that made it, as soon as that task is woken, rather than behind every other task
 //! woken by the same batch of socket events, which put about 15 µs on the median latency under
-//! paced load (README "Performance"). The shared HTTP/2 connection keeps its own task.
+//! paced load (docs/performance-log.md). The shared HTTP/2 connection keeps its own task.
 //!
 //! Compared with hyper-util's pooled client it skips the pool-key hashing, the checkout/connect
 //! race, the `Host` formatting and URI rewriting per request, and the task it spawns per
-//! request to wait for the connection to become idle again (README "Performance").
+//! request to wait for the connection to become idle again (docs/performance-log.md).
 
 use std::future::{Future, poll_fn};
 use std::path::Path;
