@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 mod head_timeout;
 pub mod healthcheck;
+pub mod linger;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

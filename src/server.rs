@@ -4,8 +4,9 @@
 //! The request path of the proxy is a stack of layers, outermost first: [`ClassifyLayer`]
 //! (name the operation) → [`RecordLayer`] (count it exactly once) → [`AdmissionLayer`] (URI
 //! limit, load shedding, drain deadline) → [`BodyRateLayer`] (request body deadline and
-//! minimum rate) → [`SignLayer`] (verify the caller's HMAC signature, re-sign for the
-//! upstream) → [`PeekBodyLayer`] (body-dependent operations) → [`BreakerLayer`] (fail fast
+//! minimum rate) → [`LingerLayer`] (a body left unread is read to its end in the background)
+//! → [`SignLayer`] (verify the caller's HMAC signature, re-sign for the upstream) →
+//! [`PeekBodyLayer`] (body-dependent operations) → [`BreakerLayer`] (fail fast
 //! while the upstream cannot be reached, when configured) → [`Forward`] (to the upstream).
 //! Each request's stack is built from the configuration current when it arrives (see
 //! [`crate::reload`]).
@@ -14,6 +15,7 @@
 //! [`RecordLayer`]: crate::metrics::RecordLayer
 //! [`AdmissionLayer`]: crate::admission::AdmissionLayer
 //! [`BodyRateLayer`]: crate::body_rate::BodyRateLayer
+//! [`LingerLayer`]: crate::linger::LingerLayer
 //! [`SignLayer`]: crate::auth::SignLayer
 //! [`BreakerLayer`]: crate::breaker::BreakerLayer
 //!
@@ -63,6 +65,7 @@ use crate::config::{Config, Limits};
 use crate::error::BoxError;
 use crate::events::EventsListener;
 use crate::head_timeout::{Check, Progress, Track};
+use crate::linger::{Linger, LingerLayer};
 use crate::metrics::{Metrics, ProtocolRejections, Record, RejectionReason};
 use crate::proxy::client::ClientError;
 use crate::proxy::{Forward, Peer};
@@ -292,7 +295,7 @@ impl Gateway {
 
 /// The proxy's layers, outermost first; see the [module docs](self).
 type RequestStack<B> =
-    Classify<Record<Admission<RateService<Sign<PeekBody<Breaker<Forward<B>>>>>>>>;
+    Classify<Record<Admission<RateService<Linger<Sign<PeekBody<Breaker<Forward<B>>>>>>>>>;
 
 /// Builds a connection's [`RequestStack`] from the pipeline current when a request arrives
 /// (again after a reload).
@@ -302,6 +305,7 @@ fn request_stack<B>(pipeline: &Pipeline<B>, peer: &Peer) -> RequestStack<B> {
         .layer(pipeline.record.for_peer(peer.addr))
         .layer(pipeline.admission.clone())
         .layer(pipeline.body_rate)
+        .layer(LingerLayer)
         .layer(pipeline.sign.clone())
         .layer(PeekBodyLayer)
         .layer(pipeline.breaker.clone())

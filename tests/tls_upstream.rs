@@ -8,7 +8,9 @@ use http::{Method, StatusCode};
 
 use acsgate::error::ERROR_HEADER;
 use support::pki::{TempFile, TestCa};
-use support::{Upstream, gateway, h1_client, h2_client, json, request, scrape, send, settings};
+use support::{
+    Upstream, gateway, h1_client, h2_client, json, request, scrape, send, settings, upload_then_get,
+};
 
 struct TestPki {
     ca_pem: String,
@@ -148,6 +150,30 @@ async fn wrong_name_or_expired_certificate_from_a_trusted_ca_gives_502_tls() {
             "{what}: bytes reached the upstream"
         );
     }
+}
+
+#[tokio::test]
+async fn an_upload_acs_refuses_over_h2_before_reading_it_gets_the_answer_and_keeps_its_connection()
+{
+    // ACS answers a refused request (401, 413) before reading its body, over h2, and resets
+    // the stream. The HTTP/1.1 client still sending 32 MiB must get that answer, not a reset,
+    // and keep its connection.
+    let pki = pki();
+    let upstream = Upstream::early_tls(StatusCode::UNAUTHORIZED, pki.server).await;
+    let ca = TempFile::new(&pki.ca_pem);
+    let mut s = settings(&format!("https://localhost:{}", upstream.addr.port()));
+    s.extra_ca_file = Some(ca.0.clone());
+    let gw = gateway(s).await;
+    let path = "/emails:send?api-version=2023-03-31";
+    let statuses = upload_then_get(gw.proxy_addr(), path, 32 << 20, path).await;
+    assert_eq!(statuses, (401, 401));
+    assert_eq!(upstream.seen().len(), 2);
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|s| s.version == http::Version::HTTP_2)
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 
 use acsgate::error::ERROR_HEADER;
 use support::faults::{BlackHole, Fault, FaultUpstream, refused_addr};
-use support::{Metrics, gateway, h1_client, request, scrape, send, settings};
+use support::{Metrics, gateway, h1_client, request, scrape, send, settings, upload_then_get};
 
 /// (method, path, operation) for four catalogue operations.
 const OPS: [(&str, &str, &str); 4] = [
@@ -451,4 +451,21 @@ async fn a3_connect_black_hole_gives_504_at_the_connect_timeout_and_others_are_s
     assert_eq!(count(&m, &[("status_code", "504")]), 8.0);
     assert_eq!(errors(&m, "timeout"), 8.0);
     assert_eq!(m.sum("acsgate_upstream_errors_total", &[]), 8.0);
+}
+
+#[tokio::test]
+async fn an_upload_answered_before_it_is_read_is_read_to_its_end_and_keeps_its_connection() {
+    // The upstream closes each connection once it has the head, so the gateway answers 502
+    // with most of a 32 MiB upload still coming. The client gets its answer without a reset,
+    // every byte it sends is taken, and the connection then serves the next request.
+    let upstream = FaultUpstream::fixed(Fault::CloseOnAccept).await;
+    let gw = gateway(settings(&upstream.url())).await;
+    let statuses = upload_then_get(gw.proxy_addr(), OPS[2].1, 32 << 20, OPS[3].1).await;
+    assert_eq!(statuses, (502, 502));
+    let m = scrape(gw.admin_addr()).await;
+    assert_eq!(
+        m.sum("acsgate_requests_total", &[("status_code", "502")]),
+        2.0,
+        "each request counted once"
+    );
 }

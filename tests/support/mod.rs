@@ -59,7 +59,7 @@ impl Upstream {
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        Upstream::start_inner(handler, None).await
+        Upstream::start_inner(handler, None, true).await
     }
 
     /// Starts a TLS upstream (h2 and http/1.1 by ALPN) with the given certificate.
@@ -68,7 +68,14 @@ impl Upstream {
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        Upstream::start_inner(handler, Some(tls)).await
+        Upstream::start_inner(handler, Some(tls), true).await
+    }
+
+    /// Starts a TLS upstream that answers `status` at once, without reading the request body,
+    /// as ACS answers a request it refuses (over h2 it then resets the stream, `NO_ERROR`).
+    pub async fn early_tls(status: StatusCode, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        let handler = move |_| async move { json(status, r#"{"error":"early"}"#) };
+        Upstream::start_inner(handler, Some(tls), false).await
     }
 
     /// An upstream that answers 200 with a small JSON body.
@@ -85,7 +92,11 @@ impl Upstream {
         .await
     }
 
-    async fn start_inner<F, Fut>(handler: F, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream
+    async fn start_inner<F, Fut>(
+        handler: F,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        read_body: bool,
+    ) -> Upstream
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -110,9 +121,9 @@ impl Upstream {
                         let recorded = Arc::clone(&recorded);
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = match body.collect().await {
-                                Ok(collected) => collected.to_bytes(),
-                                Err(_) => Bytes::new(),
+                            let body = match read_body {
+                                true => body.collect().await.map_or(Bytes::new(), |c| c.to_bytes()),
+                                false => Bytes::new(),
                             };
                             let seen = Seen {
                                 method: parts.method,
@@ -339,4 +350,66 @@ pub async fn scrape_until(admin: SocketAddr, ready: impl Fn(&Metrics) -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// On one raw HTTP/1.1 connection to `addr`: POSTs `len` bytes to `path` while reading the
+/// answer, then GETs `next`. Returns the two statuses. Panics if the upload is cut short (the
+/// gateway closed or reset the connection) or either answer is missing after 10 s.
+pub async fn upload_then_get(addr: SocketAddr, path: &str, len: usize, next: &str) -> (u16, u16) {
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: acs\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let upload = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            writer.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    let within = Duration::from_secs(10);
+    let first = tokio::time::timeout(within, read_response(&mut reader))
+        .await
+        .expect("the upload answered within 10 s");
+    let mut writer = tokio::time::timeout(within, upload)
+        .await
+        .expect("the upload sent within 10 s")
+        .unwrap()
+        .expect("the whole upload is taken, with no reset");
+    let get = format!("GET {next} HTTP/1.1\r\nHost: acs\r\n\r\n");
+    writer.write_all(get.as_bytes()).await.unwrap();
+    let second = tokio::time::timeout(within, read_response(&mut reader))
+        .await
+        .expect("the next request answered on the same connection within 10 s");
+    (first, second)
+}
+
+/// Reads one HTTP/1.1 response framed by Content-Length; its status.
+async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.expect("the response arrives");
+        assert_eq!(n, 1, "connection closed inside a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("a text head");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .map_or(0, |v| v.parse().expect("a length"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("the whole body");
+    head[9..12].parse().expect("a status code")
 }
