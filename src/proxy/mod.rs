@@ -282,12 +282,7 @@ impl<B> ForwardFuture<B> {
     }
 }
 
-impl<B> Future for ForwardFuture<B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<B> Future for ForwardFuture<B> {
     type Output = Result<Response<ProxyBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
